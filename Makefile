@@ -1,0 +1,27 @@
+# criu-macvlan: developer entry points. Every target runs as root on Debian 12.
+PY      := .venv/bin/python
+PYTEST  := .venv/bin/pytest
+
+.PHONY: setup test unit lint demo proto bench fuzz soak clean
+
+setup:                      ## install criu 4.1.1, pycriu, iptables, iproute2; build .venv
+	sh scripts/bootstrap.sh
+
+test: setup                 ## the whole suite (unit + integration with the real criu)
+	$(PY) -m ruff check criu_macvlan tests examples benchmarks
+	$(PY) -m mypy
+	$(PYTEST) -q -ra
+
+unit: setup                 ## unit tests only (no root needed)
+	$(PYTEST) -q -m 'not integration'
+
+demo: setup                 ## the live-migration demo
+	$(PY) -m criu_macvlan.demo
+
+proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from images/macvlan.proto
+	protoc --proto_path=. --python_out=build/proto images/macvlan.proto || \
+	  { mkdir -p build/proto && protoc --proto_path=. --python_out=build/proto images/macvlan.proto; }
+	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
+
+clean:
+	rm -rf build .venv .pytest_cache .mypy_cache .ruff_cache

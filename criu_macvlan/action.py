@@ -1,0 +1,90 @@
+"""Entry point of ``hooks/criu-macvlan-action``: one CRIU action, then exit.
+
+CRIU runs the action script with ``CRTOOLS_SCRIPT_ACTION`` (the action),
+``CRTOOLS_IMAGE_DIR`` (``/proc/<criu>/fd/<n>``, the images directory) and, once
+the tree's root task exists, ``CRTOOLS_INIT_PID``. The ``macvlan[IN]:OUT``
+mappings and ``--empty-ns`` come from CRIU's own command line and config files.
+
+Exit status: 0 on success; otherwise the code of :class:`~criu_macvlan.errors.ExitCode`
+with one line on stderr, and CRIU aborts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from .errors import CriuMacvlanError, ExitCode
+
+PROG = "criu-macvlan-action"
+
+
+def _log() -> logging.Logger:
+    log = logging.getLogger("criu_macvlan")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        log.addHandler(handler)
+    debug = os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0")
+    log.setLevel(logging.DEBUG if debug else logging.WARNING)
+    return log
+
+
+def run(env: os._Environ[str] | dict[str, str]) -> int:
+    from .hookspecs import ACTIONS
+
+    action = env.get("CRTOOLS_SCRIPT_ACTION", "")
+    if not action:
+        print(f"{PROG}: not run by criu (CRTOOLS_SCRIPT_ACTION is not set); "
+              "use it as criu --action-script", file=sys.stderr)
+        return ExitCode.USAGE
+    if action not in ACTIONS:
+        return ExitCode.OK
+    from . import criuconf
+    from .context import ActionContext, ImagesDir, Mode
+    from .manager import plugin_manager, write_actions_cache
+
+    log = _log()
+    hooks = plugin_manager()
+    write_actions_cache(hooks)
+    path = env.get("CRTOOLS_IMAGE_DIR", "")
+    if not path:
+        raise CriuMacvlanError("CRTOOLS_IMAGE_DIR is not set")
+    images = ImagesDir.open(path)
+    try:
+        criu_pid = criuconf.criu_pid_from_env(env) or os.getppid()
+        opts = criuconf.load_for_criu(criu_pid)
+        pid_text = env.get("CRTOOLS_INIT_PID", "")
+        ctx = ActionContext(
+            action=action,
+            mode=Mode.ACTION_SCRIPT,
+            images=images,
+            pid=int(pid_text) if pid_text.isdigit() else None,
+            mappings=opts.mappings,
+            externals=opts.externals,
+            empty_ns=True if opts.empty_ns_net else None,
+            log=log,
+        )
+        hooks.run(ctx)
+    finally:
+        images.close()
+    return ExitCode.OK
+
+
+def main() -> int:
+    try:
+        return run(os.environ)
+    except CriuMacvlanError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # a bug: still one line, CRIU must not see a traceback
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+              "(set CRIU_MACVLAN_DEBUG=1 and report it)", file=sys.stderr)
+        if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
+            raise
+        return ExitCode.BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The object every hook receives."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Mode(enum.Enum):
+    """How CRIU reached us."""
+
+    ACTION_SCRIPT = "action-script"  # a new process per action, options from CRIU's argv/config
+    RPC = "rpc"  # NOTIFY messages to our RPC driver, hooks run in-process
+
+
+@dataclass(frozen=True)
+class ImagesDir:
+    """The CRIU images directory: an open directory fd (use it) and a path (show it)."""
+
+    fd: int
+    path: str
+
+    @classmethod
+    def open(cls, path: str) -> ImagesDir:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return cls(fd=fd, path=path)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class ActionContext:
+    """What a hook knows about the CRIU action it handles.
+
+    Attributes:
+        action: CRIU's action name (``pre-dump``, ``setup-namespaces``, ...).
+        mode: action script or RPC.
+        pid: root task of the tree (the dumped one, or the restored one once it
+            exists); ``None`` where CRIU does not tell.
+        images: the images directory.
+        mappings: ``{IN: OUT}`` from ``macvlan[IN]:OUT``.
+        externals: every ``--external`` key CRIU was given (``net[INODE]:KEY`` ...).
+        empty_ns: ``True`` if the dump/restore uses ``--empty-ns net``, ``False`` if
+            not, ``None`` if unknown (then plugins decide from the images).
+        log: logger for the plugin's messages (CRIU shows an action script's stderr
+            in its log).
+        state: scratch space that lives as long as one RPC session (in action-script
+            mode: one action), for plugins to keep things between hooks.
+    """
+
+    action: str
+    mode: Mode
+    images: ImagesDir
+    pid: int | None = None
+    mappings: dict[str, str] = field(default_factory=dict)
+    externals: list[str] = field(default_factory=list)
+    empty_ns: bool | None = None
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("criu_macvlan"))
+    state: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,147 @@
+"""Hook specifications: one hook per CRIU action, grouped by phase.
+
+CRIU announces the stages of a dump or restore as *actions*: it runs
+``--action-script`` programs with ``CRTOOLS_SCRIPT_ACTION`` set, and in RPC mode
+sends the same names as ``NOTIFY`` messages to the RPC client. criu-macvlan turns
+each action into a call of the pluggy hook of the same name (``pre-dump`` ->
+``criu_pre_dump``), with one :class:`~criu_macvlan.context.ActionContext`.
+
+Contract shared by every hook:
+
+* A hook reports failure by raising :class:`~criu_macvlan.errors.CriuMacvlanError`
+  (any other exception is a bug and is reported as one). Failure of a hook makes
+  the action script exit non-zero, or the RPC driver answer ``notify_success=false``;
+  CRIU then aborts the dump or restore.
+* Hooks must be idempotent: CRIU (or an engine that both sends RPC notifications and
+  runs config-file scripts) may deliver the same action twice; the second delivery
+  must succeed and change nothing.
+* Return values are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .context import ActionContext
+
+PROJECT = "criu_macvlan"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# --------------------------------------------------------------------- dump
+
+
+@hookspec
+def criu_pre_dump(ctx: ActionContext) -> None:
+    """Before CRIU freezes the tree (``pre-dump``).
+
+    ``ctx.pid`` is the root task of the tree being dumped. The tree still runs:
+    this is the place for slow reads, staged in the images directory for
+    ``post-dump`` to commit. The dump may still fail after this hook.
+    """
+
+
+@hookspec
+def criu_network_lock(ctx: ActionContext) -> None:
+    """CRIU is about to lock the network of a tree with its own netns (``network-lock``)."""
+
+
+@hookspec
+def criu_network_unlock(ctx: ActionContext) -> None:
+    """CRIU unlocks the network (``network-unlock``).
+
+    Sent after a failed dump, and after a successful one when the tree keeps
+    running (``--leave-running``). Staged state that ``post-dump`` did not commit
+    must be discarded here.
+    """
+
+
+@hookspec
+def criu_post_dump(ctx: ActionContext) -> None:
+    """All images are written; the tree is still frozen (``post-dump``).
+
+    Commit what ``pre-dump`` staged. Failing here makes CRIU resume the tree and
+    report the dump as failed.
+    """
+
+
+# ------------------------------------------------------------------ restore
+
+
+@hookspec
+def criu_pre_restore(ctx: ActionContext) -> None:
+    """Before CRIU starts to restore (``pre-restore``); no task exists yet."""
+
+
+@hookspec
+def criu_setup_namespaces(ctx: ActionContext) -> None:
+    """The restored tree's namespaces exist; links, addresses and tasks do not (``setup-namespaces``).
+
+    ``ctx.pid`` is the restored root task (in the new namespaces). Links that CRIU
+    expects a script to provide (``EXTLINK`` netdev entries) must be created here.
+    """
+
+
+@hookspec
+def criu_post_setup_namespaces(ctx: ActionContext) -> None:
+    """CRIU restored the namespaces' contents (``post-setup-namespaces``)."""
+
+
+@hookspec
+def criu_post_restore(ctx: ActionContext) -> None:
+    """All tasks are restored but not yet resumed (``post-restore``); ``ctx.pid`` is set."""
+
+
+@hookspec
+def criu_pre_resume(ctx: ActionContext) -> None:
+    """Right before the restored tasks resume (``pre-resume``)."""
+
+
+@hookspec
+def criu_post_resume(ctx: ActionContext) -> None:
+    """The restored tasks run (``post-resume``)."""
+
+
+# ------------------------------------------------------------------- other
+
+
+@hookspec
+def criu_pre_stream(ctx: ActionContext) -> None:
+    """Before CRIU connects to an image streamer (``pre-stream``)."""
+
+
+@hookspec
+def criu_orphan_pts_master(ctx: ActionContext) -> None:
+    """An orphan pty master was sent to the RPC client (``orphan-pts-master``)."""
+
+
+@hookspec
+def criu_status_ready(ctx: ActionContext) -> None:
+    """A lazy-pages or page server is ready to accept connections (``status-ready``)."""
+
+
+@hookspec
+def criu_query_ext_files(ctx: ActionContext) -> None:
+    """CRIU asks the RPC client for external files (``query-ext-files``)."""
+
+
+#: CRIU action name -> hook name, in the order of ``criu/action-scripts.c``.
+ACTIONS: dict[str, str] = {
+    "pre-stream": "criu_pre_stream",
+    "pre-dump": "criu_pre_dump",
+    "post-dump": "criu_post_dump",
+    "pre-restore": "criu_pre_restore",
+    "post-restore": "criu_post_restore",
+    "network-lock": "criu_network_lock",
+    "network-unlock": "criu_network_unlock",
+    "setup-namespaces": "criu_setup_namespaces",
+    "post-setup-namespaces": "criu_post_setup_namespaces",
+    "post-resume": "criu_post_resume",
+    "pre-resume": "criu_pre_resume",
+    "orphan-pts-master": "criu_orphan_pts_master",
+    "status-ready": "criu_status_ready",
+    "query-ext-files": "criu_query_ext_files",
+}

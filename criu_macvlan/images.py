@@ -1,0 +1,330 @@
+"""Image I/O: the ``macvlan.img`` sidecar and the rewrite of CRIU's ``netdev-<id>.img``.
+
+Both use CRIU's image framing (``criu.org/Images``): two 32-bit magics, then
+entries, each a 32-bit size and a protobuf payload. The magics and the netdev
+schema come from pycriu. pycriu's own reader (``pycriu.images.load``) turns
+entries into dicts: that loses protobuf fields it does not know (the netdev
+rewrite must keep them byte for byte) and does not bound sizes (the sidecar may
+come from another host and is treated as hostile). So entries are split here,
+with every size checked, and each payload is parsed with its generated class.
+
+All files are opened relative to the images directory fd, never following a
+symlink; ours are created ``O_EXCL`` with mode 0600 and replaced atomically
+(write a temp file, fsync, rename, fsync the directory).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from . import macvlan_pb2 as pb
+from .errors import ImageError
+from .mappings import check_ifname
+
+SIDECAR = "macvlan.img"
+STAGED = ".criu-macvlan.staged"
+TMP_PREFIX = ".criu-macvlan.tmp-"
+VERSION = 1
+
+IMG_COMMON = 0x54564319  # CRIU's IMG_COMMON_MAGIC (pycriu.images.magic "IMG_COMMON")
+MACVLAN_MAGIC = 0x4D564C31  # our own image magic
+NETDEV_MAGIC = 0x57373951  # CRIU's NETDEV_MAGIC (pycriu.images.magic "NETDEV")
+
+# CRIU's nd_type values (images/netdev.proto)
+ND_EXTLINK = 4
+ND_MACVLAN = 7
+
+MAX_IMAGE_BYTES = 64 << 20
+MAX_LINKS = 4096
+MAX_ADDRS = 256
+MAX_ROUTES = 1024
+MAX_SOURCE_MACS = 4096
+MACVLAN_MODES = (1, 2, 4, 8, 16)
+MACVLAN_FLAG_MASK = 0x3
+NETDEV_NAME = re.compile(r"netdev-(\d+)\.img")
+
+_U32 = struct.Struct("<I")
+_MAGICS = struct.Struct("<II")
+
+
+@dataclass
+class Sidecar:
+    head: pb.macvlan_head
+    links: list[pb.macvlan_link]
+
+
+# ---------------------------------------------------------------- framing
+
+
+def frame(magic: int, payloads: Iterable[bytes]) -> bytes:
+    parts = [_MAGICS.pack(IMG_COMMON, magic)]
+    for payload in payloads:
+        parts.append(_U32.pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def unframe(data: bytes, magic: int, name: str) -> list[bytes]:
+    """Split an image into its entry payloads, refusing anything out of bounds."""
+    if len(data) < _MAGICS.size:
+        raise ImageError(f"{name}: too short for an image header ({len(data)} bytes)")
+    common, own = _MAGICS.unpack_from(data)
+    if common != IMG_COMMON or own != magic:
+        raise ImageError(f"{name}: wrong magic {common:#010x}/{own:#010x}, expected {magic:#010x}")
+    entries = []
+    pos = _MAGICS.size
+    while pos < len(data):
+        if pos + _U32.size > len(data):
+            raise ImageError(f"{name}: truncated entry size at byte {pos}")
+        (size,) = _U32.unpack_from(data, pos)
+        pos += _U32.size
+        if size > len(data) - pos:
+            raise ImageError(f"{name}: entry at byte {pos - 4} claims {size} bytes, file has {len(data) - pos}")
+        entries.append(data[pos : pos + size])
+        pos += size
+    return entries
+
+
+# ------------------------------------------------------------ file access
+
+
+def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | None:
+    """Read ``name`` from the images dir, or ``None`` if it does not exist."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageError(f"{name}: is a symlink; refusing to follow it") from exc
+        raise ImageError(f"{name}: {exc.strerror}") from exc
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ImageError(f"{name}: larger than {limit} bytes")
+    return data
+
+
+def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one."""
+    tmp = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        unlink(dir_fd, tmp)
+        raise
+    os.fsync(dir_fd)
+
+
+def rename(dir_fd: int, src: str, dst: str) -> None:
+    os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    os.fsync(dir_fd)
+
+
+def unlink(dir_fd: int, name: str) -> bool:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def remove_temp_files(dir_fd: int) -> None:
+    """Remove temp files a killed writer of ours may have left in the images dir."""
+    for entry in os.listdir(dir_fd):
+        if entry.startswith(TMP_PREFIX):
+            unlink(dir_fd, entry)
+
+
+# ---------------------------------------------------------------- sidecar
+
+
+def encode(head: pb.macvlan_head, links: Sequence[pb.macvlan_link]) -> bytes:
+    head.version = VERSION
+    head.n_links = len(links)
+    validate(Sidecar(head, list(links)), "sidecar")
+    return frame(MACVLAN_MAGIC, [head.SerializeToString(), *(link.SerializeToString() for link in links)])
+
+
+def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
+    """Parse and validate a sidecar; every problem is an :class:`ImageError` naming ``name``."""
+    entries = unframe(data, MACVLAN_MAGIC, name)
+    if not entries:
+        raise ImageError(f"{name}: no head entry")
+    head = pb.macvlan_head()
+    _parse(head, entries[0], name, "head")
+    if head.version > VERSION:
+        raise ImageError(
+            f"{name}: format version {head.version} is newer than this criu-macvlan ({VERSION}); upgrade it"
+        )
+    if head.version < 1:
+        raise ImageError(f"{name}: bad format version {head.version}")
+    if head.n_links != len(entries) - 1:
+        raise ImageError(f"{name}: head announces {head.n_links} links, image has {len(entries) - 1}")
+    if head.n_links > MAX_LINKS:
+        raise ImageError(f"{name}: {head.n_links} links is more than the limit of {MAX_LINKS}")
+    links = []
+    for i, raw in enumerate(entries[1:]):
+        link = pb.macvlan_link()
+        _parse(link, raw, name, f"link #{i}")
+        links.append(link)
+    sidecar = Sidecar(head, links)
+    validate(sidecar, name)
+    return sidecar
+
+
+def _parse(msg: pb.macvlan_head | pb.macvlan_link, raw: bytes, name: str, what: str) -> None:
+    try:
+        msg.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ImageError(f"{name}: {what} is not a valid entry ({exc})") from exc
+    if not msg.IsInitialized():
+        missing = ", ".join(msg.FindInitializationErrors())
+        raise ImageError(f"{name}: {what} lacks required fields: {missing}")
+
+
+def _check(cond: bool, name: str, message: str) -> None:
+    if not cond:
+        raise ImageError(f"{name}: {message}")
+
+
+def validate(sidecar: Sidecar, name: str) -> None:
+    """Check every value a restore would hand to the kernel."""
+    names: set[str] = set()
+    indexes: set[int] = set()
+    for link in sidecar.links:
+        try:
+            check_ifname(link.name, "link name")
+        except Exception as exc:
+            raise ImageError(f"{name}: {exc}") from exc
+        what = f"link {link.name!r}"
+        _check(link.name not in names, name, f"duplicate link name {link.name!r}")
+        _check(link.ifindex not in indexes, name, f"duplicate ifindex {link.ifindex}")
+        names.add(link.name)
+        indexes.add(link.ifindex)
+        _check(0 < link.ifindex < 1 << 31, name, f"{what}: bad ifindex {link.ifindex}")
+        _check(link.mode in MACVLAN_MODES, name, f"{what}: unknown macvlan mode {link.mode}")
+        _check(not link.flags & ~MACVLAN_FLAG_MASK, name, f"{what}: unknown macvlan flags {link.flags:#x}")
+        _check(len(link.address) == 6, name, f"{what}: MAC address has {len(link.address)} bytes, not 6")
+        _check(68 <= link.mtu <= 65535, name, f"{what}: MTU {link.mtu} out of range")
+        _check(len(link.source_macs) <= MAX_SOURCE_MACS, name, f"{what}: too many source MACs")
+        _check(all(len(m) == 6 for m in link.source_macs), name, f"{what}: bad source MAC length")
+        _check(not link.source_macs or link.mode == 16, name, f"{what}: source MACs on a non-source link")
+        _check(len(link.addrs) <= MAX_ADDRS, name, f"{what}: more than {MAX_ADDRS} addresses")
+        _check(len(link.routes) <= MAX_ROUTES, name, f"{what}: more than {MAX_ROUTES} routes")
+        for addr in link.addrs:
+            size = {2: 4, 10: 16}.get(addr.family)
+            _check(size is not None, name, f"{what}: address family {addr.family} unknown")
+            _check(len(addr.address) == size, name, f"{what}: address has {len(addr.address)} bytes")
+            _check(addr.prefixlen <= 8 * (size or 0), name, f"{what}: prefix length {addr.prefixlen}")
+            for opt in (addr.broadcast, addr.peer):
+                _check(opt in (b"",) or len(opt) == size, name, f"{what}: bad address length")
+        for route in link.routes:
+            size = {2: 4, 10: 16}.get(route.family)
+            _check(size is not None, name, f"{what}: route family {route.family} unknown")
+            _check(route.dst_len <= 8 * (size or 0), name, f"{what}: route prefix length {route.dst_len}")
+            for opt in (route.dst, route.gateway, route.prefsrc):
+                _check(opt in (b"",) or len(opt) == size, name, f"{what}: bad route address length")
+
+
+def load(dir_fd: int, name: str = SIDECAR) -> Sidecar | None:
+    """Read the sidecar from the images dir, or ``None`` if the dump had no macvlan."""
+    data = read_file(dir_fd, name)
+    return None if data is None else decode(data, name)
+
+
+# ----------------------------------------------------------- netdev rewrite
+
+
+def netdev_images(dir_fd: int) -> list[str]:
+    """Names of CRIU's per-netns netdev images in the images dir, sorted by netns id."""
+    found = [(int(m.group(1)), n) for n in os.listdir(dir_fd) if (m := NETDEV_NAME.fullmatch(n))]
+    return [n for _, n in sorted(found)]
+
+
+def _netdev_entry_class() -> type:
+    from pycriu.images import netdev_pb2  # heavy (pycriu loads every schema): import on use
+
+    cls: type = netdev_pb2.net_device_entry
+    return cls
+
+
+@dataclass
+class NetdevSummary:
+    """What a netdev image says about the macvlans in it."""
+
+    native: list[tuple[str, int]]  # MACVLAN entries CRIU would recreate itself
+    converted: list[tuple[str, int]]  # EXTLINK entries we converted (they keep their macvlan field)
+
+
+def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[object]]:
+    data = read_file(dir_fd, name)
+    if data is None:
+        raise ImageError(f"{name}: missing")
+    raw = unframe(data, NETDEV_MAGIC, name)
+    cls = _netdev_entry_class()
+    parsed = []
+    for i, payload in enumerate(raw):
+        entry = cls()
+        try:
+            entry.ParseFromString(payload)
+        except DecodeError as exc:
+            raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
+        parsed.append(entry)
+    return raw, parsed
+
+
+def summarize_netdev(dir_fd: int, name: str) -> NetdevSummary:
+    _, entries = read_netdev(dir_fd, name)
+    summary = NetdevSummary([], [])
+    for e in entries:
+        key = (e.name, e.ifindex)  # type: ignore[attr-defined]
+        if e.type == ND_MACVLAN:  # type: ignore[attr-defined]
+            summary.native.append(key)
+        elif e.type == ND_EXTLINK and e.HasField("macvlan"):  # type: ignore[attr-defined]
+            summary.converted.append(key)
+    return summary
+
+
+def convert_netdev(dir_fd: int, name: str, ifindexes: set[int], to_native: bool = False) -> int:
+    """Switch the macvlan entries of ``ifindexes`` between MACVLAN and EXTLINK, in place.
+
+    To EXTLINK (the default): CRIU will only set flags, MTU and MAC on a link our
+    ``setup-namespaces`` hook made; the entry keeps its ``macvlan`` field, so
+    ``to_native`` can switch it back. Every other entry stays byte-identical and
+    unknown protobuf fields survive. Returns the number of entries changed (0: the
+    file is left untouched).
+    """
+    raw, entries = read_netdev(dir_fd, name)
+    old, new = (ND_EXTLINK, ND_MACVLAN) if to_native else (ND_MACVLAN, ND_EXTLINK)
+    changed = 0
+    out = []
+    for payload, e in zip(raw, entries, strict=True):
+        if e.type == old and e.ifindex in ifindexes and e.HasField("macvlan"):  # type: ignore[attr-defined]
+            e.type = new  # type: ignore[attr-defined]
+            payload = e.SerializeToString()  # type: ignore[attr-defined]
+            changed += 1
+        out.append(payload)
+    if changed:
+        write_atomic(dir_fd, name, frame(NETDEV_MAGIC, out))
+    return changed

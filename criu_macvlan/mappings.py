@@ -1,0 +1,80 @@
+"""``macvlan[IN]:OUT`` mappings: which host interface each restored macvlan attaches to.
+
+``IN`` is the macvlan's name inside the dumped network namespace, ``OUT`` the name
+of the parent (lower) device on the restoring host. The syntax is CRIU's own
+``--external macvlan[IN]:OUT``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .errors import UsageError
+
+IFNAMSIZ = 16  # includes the terminating NUL: names have at most 15 bytes
+PREFIX = "macvlan["
+
+
+def check_ifname(name: str, what: str = "interface name") -> str:
+    """Return ``name`` if the kernel would accept it as an interface name (``dev_valid_name``)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if not raw:
+        raise UsageError(f"empty {what}")
+    if len(raw) >= IFNAMSIZ:
+        raise UsageError(f"{what} {name!r} is longer than {IFNAMSIZ - 1} bytes")
+    if name in (".", ".."):
+        raise UsageError(f"{what} {name!r} is not allowed")
+    bad = [c for c in name if c in "/:\0" or c.isspace()]
+    if bad:
+        raise UsageError(f"{what} {name!r} contains {bad[0]!r}")
+    return name
+
+
+def parse_mapping(text: str) -> tuple[str, str]:
+    """Parse ``macvlan[IN]:OUT`` (or the CLI short form ``IN:OUT``) into ``(IN, OUT)``."""
+    if text.startswith(PREFIX):
+        close = text.find("]", len(PREFIX))
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise UsageError(f"bad mapping {text!r}: expected macvlan[IN]:OUT")
+        inner, outer = text[len(PREFIX) : close], text[close + 2 :]
+    elif text.startswith("macvlan") or "[" in text or "]" in text:
+        raise UsageError(f"bad mapping {text!r}: expected macvlan[IN]:OUT")
+    else:
+        inner, sep, outer = text.partition(":")
+        if not sep:
+            raise UsageError(f"bad mapping {text!r}: expected IN:OUT or macvlan[IN]:OUT")
+    check_ifname(inner, f"macvlan name in mapping {text!r}")
+    check_ifname(outer, f"parent name in mapping {text!r}")
+    return inner, outer
+
+
+def is_macvlan_external(key: str) -> bool:
+    """True for an ``--external`` key of the ``macvlan[...]`` kind."""
+    return key.startswith(PREFIX)
+
+
+def format_mapping(inner: str, outer: str) -> str:
+    return f"{PREFIX}{inner}]:{outer}"
+
+
+def merge(pairs: Iterable[tuple[str, str]], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Merge mappings; a repeated ``IN`` must name the same ``OUT``.
+
+    Later sources (CRIU's command line after its config files) may not silently
+    override earlier ones: two different parents for one link are a user error.
+    """
+    result = dict(base or {})
+    for inner, outer in pairs:
+        known = result.get(inner)
+        if known is not None and known != outer:
+            raise UsageError(
+                f"conflicting mappings for macvlan {inner!r}: {format_mapping(inner, known)} "
+                f"and {format_mapping(inner, outer)}"
+            )
+        result[inner] = outer
+    return result
+
+
+def from_externals(keys: Iterable[str]) -> dict[str, str]:
+    """Mappings from a list of ``--external`` keys (other kinds are ignored)."""
+    return merge(parse_mapping(k) for k in keys if is_macvlan_external(k))

@@ -1,0 +1,497 @@
+"""Netlink: read and make macvlan links, addresses and routes. The only user of pyroute2.
+
+Every function takes the network namespace it works in as an open fd of a
+``/proc/<pid>/ns/net``-like file (``None``: the caller's own netns). A rtnetlink
+socket stays bound to the netns it was opened in, so :class:`Rtnl` enters the
+target netns only for the ``socket()`` call and returns at once.
+
+Links are created from the **parent's** netns with ``IFLA_NET_NS_FD`` pointing at
+the target netns: the kernel then makes the macvlan directly in the target, with
+the requested ifindex, attached to the parent (``IFLA_LINK``) it resolves in the
+socket's netns. No ``ip`` processes, no moves between namespaces.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib.util
+import os
+import socket
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from . import macvlan_pb2 as pb
+from .errors import NetlinkError
+
+
+def _import_pyroute2_lean() -> None:
+    """Import pyroute2's netlink layer without running ``pyroute2/__init__.py``.
+
+    The package ``__init__`` imports every pyroute2 API (NDB, IPDB, conntrack, ...):
+    about three times the cost of the netlink layer we use, paid on every action.
+    A placeholder package lets us import the submodules alone; it is removed
+    afterwards, so a later ``import pyroute2`` elsewhere in the process still runs
+    the real ``__init__`` (reusing the submodules already loaded).
+    """
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.submodule_search_locations is None:
+        raise ImportError("pyroute2 is not installed")
+    placeholder = types.ModuleType("pyroute2")
+    placeholder.__path__ = list(spec.submodule_search_locations)
+    placeholder.__spec__ = spec
+    sys.modules["pyroute2"] = placeholder
+    try:
+        import pyroute2.netlink.rtnl.iprsocket  # noqa: F401
+    finally:
+        if sys.modules.get("pyroute2") is placeholder:
+            del sys.modules["pyroute2"]
+
+
+_import_pyroute2_lean()
+
+from pyroute2.netlink import (  # noqa: E402
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REQUEST,
+)
+from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError  # noqa: E402
+from pyroute2.netlink.rtnl import (  # noqa: E402
+    RTM_DELLINK,
+    RTM_GETADDR,
+    RTM_GETLINK,
+    RTM_GETNSID,
+    RTM_GETROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+)
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, macvx_data  # noqa: E402
+from pyroute2.netlink.rtnl.iprsocket import IPRSocket  # noqa: E402
+from pyroute2.netlink.rtnl.nsidmsg import nsidmsg  # noqa: E402
+from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
+
+
+def _extend_macvlan_attrs() -> None:
+    """Teach pyroute2 the IFLA_MACVLAN_* attributes it lacks (kernel ``if_link.h``)."""
+    names = {name for name, _ in macvx_data.nla_map}
+    extra = (
+        ("IFLA_MACVLAN_BC_QUEUE_LEN", "uint32"),  # 7
+        ("IFLA_MACVLAN_BC_QUEUE_LEN_USED", "uint32"),  # 8
+        ("IFLA_MACVLAN_BC_CUTOFF", "int32"),  # 9
+    )
+    if len(macvx_data.nla_map) == 7 and not names & {n for n, _ in extra}:
+        macvx_data.nla_map = tuple(macvx_data.nla_map) + extra
+    # Keep mode and flags numeric: the sidecar stores the kernel's values.
+    macvx_data.mode.value_map = {}
+    macvx_data.flags.value_map = {}
+
+
+_extend_macvlan_attrs()
+
+CLONE_NEWNET = 0x40000000
+IFF_UP = 0x1
+RT_TABLE_LOCAL = 255
+RTPROT_KERNEL = 2
+MACADDR_SET = 3
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
+MACVLAN_FLAGS = {1: "nopromisc", 2: "nodst"}
+NLM_F_NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextmanager
+def entered(netns_fd: int | None) -> Iterator[None]:
+    """Run the block in the netns ``netns_fd`` (this thread only), then come back."""
+    if netns_fd is None:
+        yield
+        return
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(netns_fd)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)
+
+
+def mac_to_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def mac_to_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def ip_to_bytes(family: int, addr: str) -> bytes:
+    return socket.inet_pton(family, addr)
+
+
+def ip_to_str(family: int, raw: bytes) -> str:
+    return socket.inet_ntop(family, raw)
+
+
+def _errmsg(exc: BaseException) -> str:
+    if isinstance(exc, _PyrNetlinkError):
+        return f"{os.strerror(exc.code)} (errno {exc.code})"
+    return str(exc)
+
+
+class Rtnl:
+    """One rtnetlink socket bound to one network namespace."""
+
+    def __init__(self, netns_fd: int | None = None) -> None:
+        try:
+            with entered(netns_fd):
+                self._sock: Any = IPRSocket()
+                self._sock.bind()
+        except OSError as exc:
+            raise NetlinkError(f"cannot open a netlink socket: {exc.strerror or exc}") from exc
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Rtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, msg: Any, msg_type: int, flags: int) -> list[Any]:
+        return list(self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
+
+    # ------------------------------------------------------------ reading
+
+    def links(self) -> list[Any]:
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP)
+
+    def link(self, *, name: str | None = None, index: int | None = None) -> Any | None:
+        """One link by name or index, or ``None`` if there is none."""
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        if index is not None:
+            msg["index"] = index
+        if name is not None:
+            msg["attrs"] = [("IFLA_IFNAME", name)]
+        try:
+            found = self._request(msg, RTM_GETLINK, NLM_F_REQUEST)
+        except _PyrNetlinkError as exc:
+            if exc.code in (errno.ENODEV, errno.ENOENT, errno.EINVAL):
+                return None
+            raise NetlinkError(f"cannot look up link {name or index}: {_errmsg(exc)}") from exc
+        return found[0] if found else None
+
+    def addresses(self) -> list[Any]:
+        msg = ifaddrmsg()
+        msg["family"] = socket.AF_UNSPEC
+        return self._request(msg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP)
+
+    def routes(self) -> list[Any]:
+        msg = rtmsg()
+        msg["family"] = socket.AF_UNSPEC
+        return self._request(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP)
+
+    def nsid_of(self, netns_fd: int) -> int | None:
+        """The id this socket's netns uses for the netns ``netns_fd`` (``None``: none assigned)."""
+        msg = nsidmsg()
+        msg["attrs"] = [("NETNSA_FD", netns_fd)]
+        try:
+            reply = self._request(msg, RTM_GETNSID, NLM_F_REQUEST)
+        except _PyrNetlinkError:
+            return None
+        nsid = reply[0].get_attr("NETNSA_NSID") if reply else None
+        return None if nsid is None or nsid >= 0x7FFFFFFF else int(nsid)
+
+    # ----------------------------------------------------------- changing
+
+    def create_macvlan(self, link: pb.macvlan_link, parent_index: int, target_fd: int) -> None:
+        """Create ``link`` in the netns ``target_fd``, attached to ``parent_index`` of this netns."""
+        data: list[tuple[str, Any]] = [("IFLA_MACVLAN_MODE", link.mode)]
+        if link.HasField("flags"):
+            data.append(("IFLA_MACVLAN_FLAGS", link.flags))
+        if link.source_macs:
+            data.append(("IFLA_MACVLAN_MACADDR_MODE", MACADDR_SET))
+            macs = [("IFLA_MACVLAN_MACADDR", mac_to_str(m)) for m in link.source_macs]
+            data.append(("IFLA_MACVLAN_MACADDR_DATA", {"attrs": macs}))
+        if link.HasField("bc_queue_len"):
+            data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", link.bc_queue_len))
+        if link.HasField("bc_cutoff"):
+            data.append(("IFLA_MACVLAN_BC_CUTOFF", link.bc_cutoff))
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["index"] = link.ifindex
+        attrs: list[tuple[str, Any]] = [
+            ("IFLA_IFNAME", link.name),
+            ("IFLA_ADDRESS", mac_to_str(link.address)),
+            ("IFLA_MTU", link.mtu),
+            ("IFLA_LINK", parent_index),
+            ("IFLA_NET_NS_FD", target_fd),
+            (
+                "IFLA_LINKINFO",
+                {"attrs": [("IFLA_INFO_KIND", "macvlan"), ("IFLA_INFO_DATA", {"attrs": data})]},
+            ),
+        ]
+        if link.HasField("txqlen"):
+            attrs.append(("IFLA_TXQLEN", link.txqlen))
+        msg["attrs"] = attrs
+        try:
+            self._request(msg, RTM_NEWLINK, NLM_F_NEW)
+        except _PyrNetlinkError as exc:
+            raise NetlinkError(_errmsg(exc)) from exc
+
+    def set_up(self, index: int) -> None:
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["index"] = index
+        msg["flags"] = IFF_UP
+        msg["change"] = IFF_UP
+        try:
+            self._request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
+        except _PyrNetlinkError as exc:
+            raise NetlinkError(f"cannot set link {index} up: {_errmsg(exc)}") from exc
+
+    def delete_link(self, index: int) -> bool:
+        """Delete link ``index``; ``False`` if it was already gone."""
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        msg["index"] = index
+        try:
+            self._request(msg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK)
+        except _PyrNetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return False
+            raise NetlinkError(f"cannot delete link {index}: {_errmsg(exc)}") from exc
+        return True
+
+    def add_address(self, index: int, addr: pb.macvlan_addr) -> None:
+        """Add ``addr`` to link ``index``; an address that is already there is fine."""
+        fam = addr.family
+        msg = ifaddrmsg()
+        msg["family"] = fam
+        msg["prefixlen"] = addr.prefixlen
+        msg["index"] = index
+        msg["scope"] = addr.scope
+        flags = addr.flags | IFA_F_NODAD
+        msg["flags"] = flags & 0xFF
+        local = ip_to_str(fam, addr.address)
+        attrs: list[tuple[str, Any]] = [("IFA_LOCAL", local)]
+        attrs.append(("IFA_ADDRESS", ip_to_str(fam, addr.peer) if addr.HasField("peer") else local))
+        if addr.HasField("broadcast"):
+            attrs.append(("IFA_BROADCAST", ip_to_str(fam, addr.broadcast)))
+        if addr.HasField("label"):
+            attrs.append(("IFA_LABEL", addr.label))
+        attrs.append(("IFA_FLAGS", flags))
+        if addr.HasField("valid_lft") or addr.HasField("preferred_lft"):
+            cache = {
+                "ifa_preferred": addr.preferred_lft if addr.HasField("preferred_lft") else FOREVER,
+                "ifa_valid": addr.valid_lft if addr.HasField("valid_lft") else FOREVER,
+                "cstamp": 0,
+                "tstamp": 0,
+            }
+            attrs.append(("IFA_CACHEINFO", cache))
+        msg["attrs"] = attrs
+        try:
+            self._request(msg, RTM_NEWADDR, NLM_F_NEW)
+        except _PyrNetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return
+            raise NetlinkError(f"cannot add address {local}/{addr.prefixlen}: {_errmsg(exc)}") from exc
+
+    def add_route(self, index: int, route: pb.macvlan_route) -> None:
+        """Add ``route`` via link ``index``; a route that is already there is fine."""
+        fam = route.family
+        msg = rtmsg()
+        msg["family"] = fam
+        msg["dst_len"] = route.dst_len
+        msg["table"] = route.table if route.table < 256 else 252
+        msg["scope"] = route.scope
+        msg["proto"] = route.protocol
+        msg["type"] = route.type or 1  # RTN_UNICAST
+        attrs: list[tuple[str, Any]] = [("RTA_OIF", index), ("RTA_TABLE", route.table)]
+        if route.HasField("dst"):
+            attrs.append(("RTA_DST", ip_to_str(fam, route.dst)))
+        if route.HasField("gateway"):
+            attrs.append(("RTA_GATEWAY", ip_to_str(fam, route.gateway)))
+        if route.HasField("priority"):
+            attrs.append(("RTA_PRIORITY", route.priority))
+        if route.HasField("prefsrc"):
+            attrs.append(("RTA_PREFSRC", ip_to_str(fam, route.prefsrc)))
+        msg["attrs"] = attrs
+        try:
+            self._request(msg, RTM_NEWROUTE, NLM_F_NEW)
+        except _PyrNetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return
+            where = ip_to_str(fam, route.dst) if route.HasField("dst") else "default"
+            raise NetlinkError(f"cannot add route {where}/{route.dst_len}: {_errmsg(exc)}") from exc
+
+
+IFA_F_NODAD = 0x02
+IFA_F_PERMANENT = 0x80
+FOREVER = 0xFFFFFFFF
+
+
+def link_kind(msg: Any) -> str | None:
+    info = msg.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def to_macvlan(msg: Any) -> pb.macvlan_link:
+    """Convert an RTM_NEWLINK message of a macvlan into a sidecar entry (without L3)."""
+    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    link = pb.macvlan_link(
+        name=msg.get_attr("IFLA_IFNAME"),
+        ifindex=msg["index"],
+        mode=data.get_attr("IFLA_MACVLAN_MODE") if data is not None else 0,
+        address=mac_to_bytes(msg.get_attr("IFLA_ADDRESS")),
+        mtu=msg.get_attr("IFLA_MTU"),
+        link_flags=msg["flags"],
+    )
+    if data is not None:
+        flags = data.get_attr("IFLA_MACVLAN_FLAGS")
+        if flags is not None:
+            link.flags = flags
+        for attr, fld in (("IFLA_MACVLAN_BC_QUEUE_LEN", "bc_queue_len"), ("IFLA_MACVLAN_BC_CUTOFF", "bc_cutoff")):
+            value = data.get_attr(attr)
+            if value is not None:
+                setattr(link, fld, value)
+        macs = data.get_attr("IFLA_MACVLAN_MACADDR_DATA")
+        if macs is not None:
+            link.source_macs.extend(mac_to_bytes(m) for m in macs.get_attrs("IFLA_MACVLAN_MACADDR"))
+    txqlen = msg.get_attr("IFLA_TXQLEN")
+    if txqlen is not None:
+        link.txqlen = txqlen
+    parent = link.parent
+    lower = msg.get_attr("IFLA_LINK")
+    if lower is not None:
+        parent.ifindex = lower
+    nsid = msg.get_attr("IFLA_LINK_NETNSID")
+    if nsid is not None:
+        parent.link_netnsid = nsid
+    return link
+
+
+def to_addr(msg: Any) -> pb.macvlan_addr:
+    fam = msg["family"]
+    local = msg.get_attr("IFA_LOCAL")
+    address = msg.get_attr("IFA_ADDRESS")
+    addr = pb.macvlan_addr(
+        family=fam,
+        address=ip_to_bytes(fam, local or address),
+        prefixlen=msg["prefixlen"],
+        scope=msg["scope"],
+        flags=msg.get_attr("IFA_FLAGS") or msg["flags"],
+    )
+    if local and address and local != address:
+        addr.peer = ip_to_bytes(fam, address)
+    bcast = msg.get_attr("IFA_BROADCAST")
+    if bcast:
+        addr.broadcast = ip_to_bytes(fam, bcast)
+    label = msg.get_attr("IFA_LABEL")
+    if label:
+        addr.label = label
+    cache = msg.get_attr("IFA_CACHEINFO")
+    if cache is not None and not addr.flags & IFA_F_PERMANENT:
+        if cache["ifa_valid"] != FOREVER:
+            addr.valid_lft = cache["ifa_valid"]
+        if cache["ifa_preferred"] != FOREVER:
+            addr.preferred_lft = cache["ifa_preferred"]
+    return addr
+
+
+def to_route(msg: Any) -> pb.macvlan_route:
+    fam = msg["family"]
+    table = msg.get_attr("RTA_TABLE")
+    route = pb.macvlan_route(
+        family=fam,
+        dst_len=msg["dst_len"],
+        table=table if table is not None else msg["table"],
+        scope=msg["scope"],
+        protocol=msg["proto"],
+        type=msg["type"],
+    )
+    for attr, fld in (("RTA_DST", "dst"), ("RTA_GATEWAY", "gateway"), ("RTA_PREFSRC", "prefsrc")):
+        value = msg.get_attr(attr)
+        if value:
+            setattr(route, fld, ip_to_bytes(fam, value))
+    prio = msg.get_attr("RTA_PRIORITY")
+    if prio is not None:
+        route.priority = prio
+    return route
+
+
+def _is_kernel_route(route: pb.macvlan_route) -> bool:
+    """Routes the kernel makes itself when an address is added or a link goes up."""
+    return bool(route.table == RT_TABLE_LOCAL or route.protocol == RTPROT_KERNEL)
+
+
+def read_macvlans(netns_fd: int, host_fd: int, with_l3: bool = True) -> list[pb.macvlan_link]:
+    """Every macvlan of the netns ``netns_fd``, with its parent resolved in ``host_fd`` when there.
+
+    ``with_l3`` adds each link's addresses and the routes through it (not the
+    kernel's own prefix and local routes).
+    """
+    with Rtnl(netns_fd) as rtnl:
+        links = [to_macvlan(m) for m in rtnl.links() if link_kind(m) == "macvlan"]
+        if not links:
+            return []
+        host_nsid = rtnl.nsid_of(host_fd)
+        if with_l3:
+            by_index = {link.ifindex: link for link in links}
+            for msg in rtnl.addresses():
+                owner = by_index.get(msg["index"])
+                if owner is not None:
+                    owner.addrs.append(to_addr(msg))
+            for msg in rtnl.routes():
+                owner = by_index.get(msg.get_attr("RTA_OIF"))
+                if owner is not None and msg.get_attr("RTA_MULTIPATH") is None:
+                    route = to_route(msg)
+                    if not _is_kernel_route(route):
+                        owner.routes.append(route)
+    parents = [link.parent for link in links if host_nsid is not None]
+    parents = [p for p in parents if p.HasField("link_netnsid") and p.link_netnsid == host_nsid]
+    if parents:
+        with Rtnl(None) as host:
+            for parent in parents:
+                msg = host.link(index=parent.ifindex)
+                if msg is not None:
+                    parent.name = msg.get_attr("IFLA_IFNAME")
+                    parent.address = mac_to_bytes(msg.get_attr("IFLA_ADDRESS"))
+                    parent.mtu = msg.get_attr("IFLA_MTU")
+    return links
+
+
+def describe_link(msg: Any) -> dict[str, Any]:
+    """The facts ``check`` and idempotency tests need about a link message."""
+    return {
+        "name": msg.get_attr("IFLA_IFNAME"),
+        "index": msg["index"],
+        "kind": link_kind(msg),
+        "up": bool(msg["flags"] & IFF_UP),
+        "mtu": msg.get_attr("IFLA_MTU"),
+        "max_mtu": msg.get_attr("IFLA_MAX_MTU"),
+        "address": msg.get_attr("IFLA_ADDRESS"),
+        "link": msg.get_attr("IFLA_LINK"),
+        "master": msg.get_attr("IFLA_MASTER"),
+    }

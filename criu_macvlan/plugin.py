@@ -1,0 +1,289 @@
+"""The built-in macvlan plugin.
+
+Dump:
+    ``pre-dump`` reads every macvlan of the tree's netns (plus its addresses and
+    routes) and stages a complete sidecar as a hidden file in the images dir;
+    ``post-dump`` commits it as ``macvlan.img`` and switches the links' entries in
+    CRIU's ``netdev-<id>.img`` from MACVLAN to EXTLINK, so that CRIU leaves the
+    creation of those links to us; ``network-unlock`` drops a stage that a failed
+    dump never committed.
+
+Restore:
+    ``setup-namespaces`` recreates each link in the restored tree's new netns,
+    attached to the parent its ``macvlan[IN]:OUT`` mapping names, with the same
+    name, ifindex, MAC, MTU, mode, flags and the rest. In CRIU-managed mode CRIU
+    then sets the links up and restores their addresses and routes; in empty-netns
+    mode (``--empty-ns net``: CRIU saved no netdev image) the plugin does that too.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from . import images
+from . import macvlan_pb2 as pb
+from . import netns as nsutil
+from .context import ActionContext
+from .errors import CriuMacvlanError, ImageError, NetlinkError, UsageError
+from .hookspecs import hookimpl
+from .mappings import format_mapping
+
+if TYPE_CHECKING:
+    from .netlink import Rtnl
+
+IFF_UP = 0x1
+NETNS_EXTERNAL_PREFIX = "net["
+
+
+def _require_pid(ctx: ActionContext) -> int:
+    if ctx.pid is None or ctx.pid <= 0:
+        raise CriuMacvlanError("CRIU did not say which process tree this is (no CRTOOLS_INIT_PID)")
+    return ctx.pid
+
+
+def _is_external_netns(ctx: ActionContext, inode: int) -> bool:
+    """True if CRIU was told the netns is external (``--external net[INODE]:KEY``)."""
+    prefix = f"{NETNS_EXTERNAL_PREFIX}{inode}]"
+    return any(key.startswith(prefix) for key in ctx.externals)
+
+
+class MacvlanPlugin:
+    """Saves and recreates the macvlan links of a dumped tree's network namespace."""
+
+    # ------------------------------------------------------------- dump
+
+    @hookimpl
+    def criu_pre_dump(self, ctx: ActionContext) -> None:
+        pid = _require_pid(ctx)
+        dir_fd = ctx.images.fd
+        images.remove_temp_files(dir_fd)
+        images.unlink(dir_fd, images.STAGED)
+        target = nsutil.open_of_pid(pid)
+        own = nsutil.open_own()
+        try:
+            if nsutil.same(target, own):
+                ctx.log.debug("tree %d shares our network namespace: no macvlan of its own", pid)
+                return
+            if _is_external_netns(ctx, nsutil.inode(target)):
+                ctx.log.debug("tree %d's network namespace is external: not ours to save", pid)
+                return
+            from . import netlink
+
+            links = netlink.read_macvlans(target, own)
+            inode = nsutil.inode(target)
+        finally:
+            os.close(target)
+            os.close(own)
+        if not links:
+            ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
+            return
+        for link in links:
+            if not link.parent.HasField("link_netnsid"):
+                raise CriuMacvlanError(
+                    f"macvlan {link.name!r} sits on a parent inside the dumped network namespace "
+                    f"(ifindex {link.parent.ifindex}); only parents outside it can be remapped"
+                )
+        head = pb.macvlan_head(hostname=socket.gethostname(), netns_inode=inode)
+        if ctx.empty_ns is not None:
+            head.empty_ns = ctx.empty_ns
+        images.write_atomic(dir_fd, images.STAGED, images.encode(head, links))
+        ctx.log.info("staged %d macvlan link(s): %s", len(links), ", ".join(lk.name for lk in links))
+
+    @hookimpl
+    def criu_post_dump(self, ctx: ActionContext) -> None:
+        dir_fd = ctx.images.fd
+        staged = images.read_file(dir_fd, images.STAGED)
+        if staged is not None:
+            sidecar = images.decode(staged, images.STAGED)
+            netdevs = images.netdev_images(dir_fd)
+            if not netdevs and not sidecar.head.empty_ns:
+                # CRIU wrote no netdev image: --empty-ns net. Record it.
+                sidecar.head.empty_ns = True
+                staged = images.encode(sidecar.head, sidecar.links)
+                images.write_atomic(dir_fd, images.STAGED, staged)
+            images.rename(dir_fd, images.STAGED, images.SIDECAR)
+        else:
+            loaded = images.load(dir_fd)
+            if loaded is None:
+                return  # no macvlan was staged: nothing to do
+            sidecar = loaded  # a repeated post-dump: make sure the netdev part is done too
+        ifindexes = {link.ifindex for link in sidecar.links}
+        for name in images.netdev_images(dir_fd):
+            changed = images.convert_netdev(dir_fd, name, ifindexes)
+            if changed:
+                ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
+        ctx.log.info("saved %d macvlan link(s) in %s", len(sidecar.links), images.SIDECAR)
+
+    @hookimpl
+    def criu_network_unlock(self, ctx: ActionContext) -> None:
+        if images.unlink(ctx.images.fd, images.STAGED):
+            ctx.log.info("dump did not complete: dropped the staged macvlan state")
+        images.remove_temp_files(ctx.images.fd)
+
+    # ---------------------------------------------------------- restore
+
+    @hookimpl
+    def criu_setup_namespaces(self, ctx: ActionContext) -> None:
+        dir_fd = ctx.images.fd
+        netdevs = images.netdev_images(dir_fd)
+        sidecar = images.load(dir_fd)
+        summaries = {name: images.summarize_netdev(dir_fd, name) for name in netdevs}
+        if sidecar is None:
+            converted = [f"{n}:{link}" for n, s in summaries.items() for link, _ in s.converted]
+            if converted:
+                raise ImageError(
+                    f"{images.SIDECAR} is missing but CRIU's images expect criu-macvlan to create "
+                    f"{', '.join(converted)}; copy {images.SIDECAR} along with the other images, or run "
+                    f"'criu-macvlan convert --to-native {ctx.images.path}' to let CRIU restore them itself"
+                )
+            return
+        empty = ctx.empty_ns if ctx.empty_ns is not None else not netdevs
+        if not empty:
+            _check_netdev_consistency(sidecar, summaries, ctx.images.path)
+        plan = plan_restore(sidecar, ctx.mappings, ctx)
+        pid = _require_pid(ctx)
+        target = nsutil.open_of_pid(pid)
+        own = nsutil.open_own()
+        try:
+            if nsutil.same(target, own):
+                raise CriuMacvlanError(
+                    f"restored tree {pid} is in our own network namespace: the dump had macvlans "
+                    "in a netns of its own, restore it into a new one"
+                )
+            restore_links(plan, target, with_l3=empty, ctx=ctx)
+        finally:
+            os.close(target)
+            os.close(own)
+
+
+def _check_netdev_consistency(
+    sidecar: images.Sidecar, summaries: dict[str, images.NetdevSummary], path: str
+) -> None:
+    native = [f"{link} ({name})" for name, s in summaries.items() for link, _ in s.native]
+    if native:
+        raise ImageError(
+            f"CRIU's netdev image still has native macvlan entries {', '.join(native)}: the dump "
+            f"ran without criu-macvlan's post-dump. Run 'criu-macvlan convert {path}' once, then restore"
+        )
+    converted = {key for s in summaries.values() for key in s.converted}
+    missing = [lk.name for lk in sidecar.links if (lk.name, lk.ifindex) not in converted]
+    if missing:
+        raise ImageError(
+            f"{images.SIDECAR} lists {', '.join(missing)} but CRIU's netdev images do not: "
+            "the images do not belong together"
+        )
+
+
+class Planned:
+    """One link to create, with its resolved parent."""
+
+    def __init__(self, link: pb.macvlan_link, parent: str) -> None:
+        self.link = link
+        self.parent = parent
+        self.parent_index = 0
+
+
+def plan_restore(sidecar: images.Sidecar, mappings: dict[str, str], ctx: ActionContext) -> list[Planned]:
+    """Pair every link with its mapped parent; all missing mappings are named in one error."""
+    names = {link.name for link in sidecar.links}
+    missing = [format_mapping(link.name, "OUT") for link in sidecar.links if link.name not in mappings]
+    if missing:
+        raise UsageError(
+            f"no parent given for {', '.join(missing)}: add --external {missing[0]} "
+            "(criu, RPC opts.external or a CRIU config file)"
+        )
+    for extra in sorted(set(mappings) - names):
+        ctx.log.warning("mapping %s names a link the images do not have", format_mapping(extra, mappings[extra]))
+    return [Planned(link, mappings[link.name]) for link in sidecar.links]
+
+
+def _existing(rtnl: Rtnl) -> dict[int, Any]:
+    return {msg["index"]: msg for msg in rtnl.links()}
+
+
+def _resolve_parents(host: Rtnl, plan: list[Planned]) -> None:
+    from .netlink import describe_link
+
+    cache: dict[str, dict[str, Any]] = {}
+    for item in plan:
+        info = cache.get(item.parent)
+        if info is None:
+            msg = host.link(name=item.parent)
+            if msg is None:
+                raise NetlinkError(f"parent {item.parent!r} of macvlan {item.link.name!r} does not exist on this host")
+            info = cache[item.parent] = describe_link(msg)
+        if not info["up"]:
+            raise NetlinkError(f"parent {item.parent!r} of macvlan {item.link.name!r} is down")
+        if item.link.mtu > info["mtu"]:
+            raise NetlinkError(
+                f"macvlan {item.link.name!r} has MTU {item.link.mtu}, "
+                f"above the {info['mtu']} of its parent {item.parent!r}"
+            )
+        item.parent_index = info["index"]
+
+
+def _same_link(msg: Any, link: pb.macvlan_link) -> bool:
+    from .netlink import link_kind, mac_to_bytes
+
+    return (
+        msg.get_attr("IFLA_IFNAME") == link.name
+        and link_kind(msg) == "macvlan"
+        and mac_to_bytes(msg.get_attr("IFLA_ADDRESS")) == link.address
+    )
+
+
+def restore_links(plan: list[Planned], target: int, with_l3: bool, ctx: ActionContext) -> None:
+    """Create every planned link in ``target``; on failure remove the ones made here."""
+    from .netlink import Rtnl
+
+    created: list[pb.macvlan_link] = []
+    with Rtnl(None) as host, Rtnl(target) as inside:
+        _resolve_parents(host, plan)
+        existing = _existing(inside)
+        by_name = {msg.get_attr("IFLA_IFNAME"): msg for msg in existing.values()}
+        try:
+            for item in plan:
+                link = item.link
+                there = existing.get(link.ifindex)
+                if there is not None and _same_link(there, link):
+                    ctx.log.debug("macvlan %s already exists: repeated action", link.name)
+                    continue
+                if there is not None or link.name in by_name:
+                    clash = there.get_attr("IFLA_IFNAME") if there is not None else link.name
+                    raise NetlinkError(
+                        f"cannot create macvlan {link.name!r} (ifindex {link.ifindex}) on {item.parent!r}: "
+                        f"the target netns already has {clash!r}"
+                    )
+                try:
+                    host.create_macvlan(link, item.parent_index, target)
+                except NetlinkError as exc:
+                    raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {exc}") from exc
+                created.append(link)
+            if with_l3:
+                _restore_l3([item.link for item in plan], inside)
+        except BaseException:
+            for link in reversed(created):
+                try:
+                    inside.delete_link(link.ifindex)
+                except NetlinkError as exc:  # best effort: report the first error, not this one
+                    ctx.log.warning("could not remove %s after the failure: %s", link.name, exc)
+            raise
+    ctx.log.info(
+        "created %d macvlan link(s): %s",
+        len(created),
+        ", ".join(f"{i.link.name}@{i.parent}" for i in plan),
+    )
+
+
+def _restore_l3(links: list[pb.macvlan_link], inside: Rtnl) -> None:
+    for link in links:
+        if link.link_flags & IFF_UP:
+            inside.set_up(link.ifindex)
+    for link in links:
+        for addr in link.addrs:
+            inside.add_address(link.ifindex, addr)
+    for link in links:
+        for route in link.routes:
+            inside.add_route(link.ifindex, route)

@@ -1,0 +1,52 @@
+#!/bin/sh
+# Bootstrap a Debian 12 box (as root) for criu-macvlan, idempotently:
+# criu 4.1.1 + python3-pycriu from Debian trixie (pinned low), iptables, iproute2,
+# and a .venv built from the system python with the project installed editable.
+set -eu
+cd "$(dirname "$0")/.."
+
+need_apt=0
+criu_ok() {
+    command -v criu >/dev/null 2>&1 || return 1
+    v=$(criu --version 2>/dev/null | sed -n 's/^Version: *//p')
+    dpkg --compare-versions "${v:-0}" ge 3.19 || return 1
+    [ -d /usr/lib/python3/dist-packages/pycriu ] || return 1
+}
+for bin in iptables ip unshare setsid; do
+    command -v "$bin" >/dev/null 2>&1 || need_apt=1
+done
+criu_ok || need_apt=1
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt=1
+
+if [ "$need_apt" = 1 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    if ! grep -rqs 'trixie' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        cat > /etc/apt/sources.list.d/criu-macvlan-trixie.sources <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    fi
+    if [ ! -e /etc/apt/preferences.d/criu-macvlan-trixie ]; then
+        cat > /etc/apt/preferences.d/criu-macvlan-trixie <<'PIN'
+Package: *
+Pin: release n=trixie
+Pin-Priority: 100
+PIN
+    fi
+    apt-get update -qq
+    apt-get install -y -qq iptables iproute2 util-linux python3 python3-venv python3-pip >/dev/null
+    apt-get install -y -qq -t trixie criu python3-pycriu >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.installed
+if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch "$stamp"
+fi
