@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import sys
 from collections.abc import Iterable
@@ -48,12 +50,22 @@ class Hooks:
             raise HookError(ctx.action, f"internal error: {type(exc).__name__}: {exc}", ExitCode.BUG) from exc
 
     def handled_actions(self) -> list[str]:
-        """CRIU actions at least one registered plugin implements, in CRIU's order."""
-        return [
-            action
-            for action, name in hookspecs.ACTIONS.items()
-            if getattr(self.pm.hook, name).get_hookimpls()
-        ]
+        """CRIU actions at least one registered plugin implements, in CRIU's order.
+
+        An action whose every implementation comes from a plugin declaring a guard
+        file for it (``criu_macvlan_guards = {action: file}``: "nothing to do unless
+        FILE exists in the images dir") is listed as ``action?FILE``; the shell shim
+        then starts Python for it only when that file exists.
+        """
+        result = []
+        for action, name in hookspecs.ACTIONS.items():
+            impls = getattr(self.pm.hook, name).get_hookimpls()
+            if not impls:
+                continue
+            guards = {getattr(i.plugin, "criu_macvlan_guards", {}).get(action) for i in impls}
+            guard = guards.pop() if len(guards) == 1 else None
+            result.append(f"{action}?{guard}" if guard else action)
+        return result
 
     def plugin_names(self) -> list[str]:
         return sorted(n for n, p in self.pm.list_name_plugin() if p is not None)
@@ -77,14 +89,70 @@ def plugin_manager(disable: Iterable[str] = (), entry_points: bool = True) -> Ho
         if not pm.is_blocked(name):
             pm.register(plugin, name=name)
     if entry_points:
-        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for name, value in _entry_points():
+            if not pm.is_blocked(name) and not pm.has_plugin(name):
+                pm.register(_load(value), name=name)
     pm.check_pending()
     return Hooks(pm)
 
 
+def _cache_dir() -> str:
+    return os.path.join(sys.prefix, "share", "criu-macvlan")
+
+
 def actions_cache_path() -> str:
     """Where ``hooks/criu-macvlan-action`` looks up which actions need Python at all."""
-    return os.path.join(sys.prefix, "share", "criu-macvlan", "handled-actions")
+    return os.path.join(_cache_dir(), "handled-actions")
+
+
+def _load(value: str) -> object:
+    """Load an entry point's object from ``module:attr.path`` (the entry-point syntax)."""
+    module, _, attrs = value.partition(":")
+    obj: object = importlib.import_module(module.strip())
+    for attr in filter(None, attrs.strip().split(".")):
+        obj = getattr(obj, attr)
+    return obj
+
+
+def _entry_points() -> list[tuple[str, str]]:
+    """``(name, value)`` of the entry points in our group, cached per state of ``sys.path``.
+
+    Scanning every installed distribution (``importlib.metadata``) costs tens of
+    milliseconds, paid by each action CRIU runs. Installing or removing a package
+    changes the mtime of its ``site-packages`` directory, so the cache is keyed on
+    the mtimes of the directories on ``sys.path``.
+    """
+    key = []
+    for entry in sys.path:
+        try:
+            key.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            continue
+    path = os.path.join(_cache_dir(), "entry-points.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            cached = json.load(f)
+        if cached["key"] == key:
+            return [(str(n), str(v)) for n, v in cached["entry_points"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    from importlib.metadata import entry_points
+
+    found = sorted({(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    _write_cache(path, json.dumps({"key": key, "entry_points": found}))
+    return found
+
+
+def _write_cache(path: str, content: str) -> None:
+    """Best effort: a read-only installation just runs without the cache."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def write_actions_cache(hooks: Hooks) -> None:
@@ -97,11 +165,4 @@ def write_actions_cache(hooks: Hooks) -> None:
                 return
     except OSError:
         pass
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # read-only installation: the shim then runs Python for every action
+    _write_cache(path, content)

@@ -17,12 +17,14 @@ import ctypes
 import errno
 import importlib.util
 import os
+import platform
 import socket
+import struct
 import sys
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from . import macvlan_pb2 as pb
 from .errors import NetlinkError
@@ -32,10 +34,12 @@ def _import_pyroute2_lean() -> None:
     """Import pyroute2's netlink layer without running ``pyroute2/__init__.py``.
 
     The package ``__init__`` imports every pyroute2 API (NDB, IPDB, conntrack, ...):
-    about three times the cost of the netlink layer we use, paid on every action.
+    about four times the cost of the netlink layer we use, paid on every action.
     A placeholder package lets us import the submodules alone; it is removed
     afterwards, so a later ``import pyroute2`` elsewhere in the process still runs
-    the real ``__init__`` (reusing the submodules already loaded).
+    the real ``__init__`` (reusing the submodules already loaded). While importing,
+    ``platform.architecture()`` (which pyroute2.config calls, and which runs
+    ``file(1)`` on the interpreter) answers from ``struct`` instead.
     """
     if "pyroute2" in sys.modules:
         return
@@ -46,9 +50,13 @@ def _import_pyroute2_lean() -> None:
     placeholder.__path__ = list(spec.submodule_search_locations)
     placeholder.__spec__ = spec
     sys.modules["pyroute2"] = placeholder
+    architecture = platform.architecture
+    platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")  # type: ignore[assignment]
     try:
-        import pyroute2.netlink.rtnl.iprsocket  # noqa: F401
+        import pyroute2.netlink.nlsocket
+        import pyroute2.netlink.rtnl.ifinfmsg  # noqa: F401
     finally:
+        platform.architecture = architecture
         if sys.modules.get("pyroute2") is placeholder:
             del sys.modules["pyroute2"]
 
@@ -56,6 +64,7 @@ def _import_pyroute2_lean() -> None:
 _import_pyroute2_lean()
 
 from pyroute2.netlink import (  # noqa: E402
+    NETLINK_ROUTE,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
@@ -63,6 +72,7 @@ from pyroute2.netlink import (  # noqa: E402
     NLM_F_REQUEST,
 )
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError  # noqa: E402
+from pyroute2.netlink.nlsocket import Marshal, NetlinkSocket  # noqa: E402
 from pyroute2.netlink.rtnl import (  # noqa: E402
     RTM_DELLINK,
     RTM_GETADDR,
@@ -71,13 +81,25 @@ from pyroute2.netlink.rtnl import (  # noqa: E402
     RTM_GETROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNSID,
     RTM_NEWROUTE,
 )
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg  # noqa: E402
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg, macvx_data  # noqa: E402
-from pyroute2.netlink.rtnl.iprsocket import IPRSocket  # noqa: E402
 from pyroute2.netlink.rtnl.nsidmsg import nsidmsg  # noqa: E402
 from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402
+
+
+class _Marshal(Marshal):  # type: ignore[misc]
+    """Parses only the rtnetlink messages we ask for (pyroute2's full rtnl
+    marshal also loads the traffic-control schemas)."""
+
+    msg_map: ClassVar[dict[int, type]] = {
+        RTM_NEWLINK: ifinfmsg,
+        RTM_NEWADDR: ifaddrmsg,
+        RTM_NEWROUTE: rtmsg,
+        RTM_NEWNSID: nsidmsg,
+    }
 
 
 def _extend_macvlan_attrs() -> None:
@@ -162,8 +184,9 @@ class Rtnl:
     def __init__(self, netns_fd: int | None = None) -> None:
         try:
             with entered(netns_fd):
-                self._sock: Any = IPRSocket()
-                self._sock.bind()
+                self._sock: Any = NetlinkSocket(NETLINK_ROUTE)
+            self._sock.marshal = _Marshal()
+            self._sock.bind()
         except OSError as exc:
             raise NetlinkError(f"cannot open a netlink socket: {exc.strerror or exc}") from exc
 

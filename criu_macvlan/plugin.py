@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import images
 from . import macvlan_pb2 as pb
@@ -51,6 +51,9 @@ def _is_external_netns(ctx: ActionContext, inode: int) -> bool:
 
 class MacvlanPlugin:
     """Saves and recreates the macvlan links of a dumped tree's network namespace."""
+
+    # network-unlock has work only when a failed dump left a stage behind
+    criu_macvlan_guards: ClassVar[dict[str, str]] = {"network-unlock": images.STAGED}
 
     # ------------------------------------------------------------- dump
 

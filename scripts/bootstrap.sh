@@ -47,6 +47,6 @@ fi
 stamp=.venv/.installed
 if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[test]'
+    .venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
     touch "$stamp"
 fi
