@@ -51,7 +51,7 @@ def _import_pyroute2_lean() -> None:
     placeholder.__spec__ = spec
     sys.modules["pyroute2"] = placeholder
     architecture = platform.architecture
-    platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")  # type: ignore[assignment]
+    platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")
     try:
         import pyroute2.netlink.nlsocket
         import pyroute2.netlink.rtnl.ifinfmsg  # noqa: F401
