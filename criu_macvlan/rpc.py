@@ -18,7 +18,9 @@ Decisions:
   ``if_nametoindex()`` in its own netns when it parses it and aborts if it is
   missing, although the plugin, not CRIU, creates those links (the netdev entries
   are ``EXTLINK``) and resolves the parents itself. Every other external passes
-  through untouched.
+  through untouched. Exception: links the images leave to CRIU (native MACVLAN
+  netdev entries of a dump made without criu-macvlan, never converted) get their
+  mapping passed to CRIU as the external it needs, as on a plain ``criu restore``.
 * Ordering: for every action the registered plugins (the built-in macvlan plugin
   first) run before the caller's :class:`Notify` method, so a callback sees our
   work done: the committed ``macvlan.img`` in ``post_dump`` (ship the images from
@@ -155,7 +157,9 @@ def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
 class _Request:
     """One request: the opened images dir, the opts, the hook context it implies."""
 
-    def __init__(self, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None) -> None:
+    def __init__(
+        self, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None, restore: bool = False
+    ) -> None:
         values = dict(opts)
         self.images = _open_dir(images_dir)
         self.work: int | None = None
@@ -179,6 +183,11 @@ class _Request:
             self.mappings = mapmod.merge(
                 (mapmod.parse_mapping(k) for k in kept), mapmod.merge((mappings or {}).items())
             )
+            if restore:
+                native = _native_macvlans(self.images.fd)
+                self.opts.external.extend(
+                    mapmod.format_mapping(i, o) for i, o in self.mappings.items() if i in native
+                )
             self.empty_ns: bool | None = bool(self.opts.empty_ns & CLONE_NEWNET)
             if self.opts.HasField("config_file"):
                 self._add_config_file(self.opts.config_file)
@@ -224,6 +233,16 @@ class _Request:
             self.work = None
         if getattr(self, "images", None) is not None:
             self.images.close()
+
+
+def _native_macvlans(dir_fd: int) -> set[str]:
+    """Names of the macvlans CRIU's netdev images leave to CRIU itself (MACVLAN entries)."""
+    from . import images
+
+    try:
+        return {n for img in images.netdev_images(dir_fd) for n, _ in images.summarize_netdev(dir_fd, img).native}
+    except CriuMacvlanError:
+        return set()  # CRIU will say what is wrong with its images
 
 
 def _open_dir(path: str) -> ImagesDir:
@@ -274,7 +293,7 @@ class Criu:
 
     def restore(self, images_dir: str, mappings: Mapping[str, str] | None = None, **opts: Any) -> int:
         """Restore from ``images_dir``; return the restored root pid."""
-        resp = self._image_request("RESTORE", images_dir, opts, mappings)
+        resp = self._image_request("RESTORE", images_dir, opts, mappings, restore=True)
         return int(resp.restore.pid)
 
     def check(self) -> None:
@@ -345,10 +364,15 @@ class Criu:
         return resp
 
     def _image_request(
-        self, kind: str, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None
+        self,
+        kind: str,
+        images_dir: str,
+        opts: Mapping[str, Any],
+        mappings: Mapping[str, str] | None,
+        restore: bool = False,
     ) -> Any:
         rpc = _pb()
-        request = _Request(images_dir, opts, mappings)
+        request = _Request(images_dir, opts, mappings, restore)
         try:
             req = rpc.criu_req(type=getattr(rpc, kind), opts=request.opts)
             comm, sk = self._connect()

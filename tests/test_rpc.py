@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from conftest import CRIU, Net, Procs, alive, ip, link_names
 from test_action_script import addrs_json, comparable, links_json, setup_links
+from test_cli import leaked
 
 from criu_macvlan.context import ActionContext
 from criu_macvlan.errors import CriuError, ExitCode, HookError
@@ -127,7 +128,7 @@ def test_rpc_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Pat
     assert addrs_json(new) == addrs_before
 
     procs.cleanup()
-    assert link_names() == host_before
+    assert leaked(host_before) == set()
 
 
 def test_rpc_hook_failure_mid_restore_aborts_cleanly(net: Net, procs: Procs, images: Path) -> None:
@@ -144,7 +145,7 @@ def test_rpc_hook_failure_mid_restore_aborts_cleanly(net: Net, procs: Procs, ima
     assert "mv0" in failer.seen_links  # our link existed when the test plugin failed ...
     assert "RPC client reported script error" in err.value.log_tail
     assert "Restoring FAILED" in (images / "restore.log").read_text()
-    assert link_names() == host_before  # ... and died with the half-restored netns
+    assert leaked(host_before) == set()  # ... and died with the half-restored netns
     # the parent is free again: the same restore now succeeds
     new = restore(Criu(CRIU), images, procs, {"mv0": b1})
     assert links_json(new)["mv0"]["link_index"] == links_json()[b1]["ifindex"]
@@ -163,7 +164,7 @@ def test_rpc_missing_parent_and_mapping(net: Net, procs: Procs, images: Path) ->
     assert str(err.value) == f"setup-namespaces: parent {gone!r} of macvlan 'mv0' does not exist on this host"
     with pytest.raises(HookError, match=r"no parent given for macvlan\[mv0\]:OUT"):
         Criu(CRIU).restore(str(images), {}, log_file="restore.log")
-    assert link_names() == host_before
+    assert leaked(host_before) == set()
 
 
 def test_rpc_callback_failure_aborts_dump_and_drops_stage(net: Net, procs: Procs, images: Path) -> None:
