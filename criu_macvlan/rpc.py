@@ -353,8 +353,7 @@ class Criu:
     def _simple(self, req: Any) -> Any:
         comm, sk = self._connect()
         try:
-            sk.send(req.SerializeToString())
-            resp = _recv(sk)
+            resp = _recv(sk) if _send(sk, req) else None
         finally:
             comm.disconnect()
         if resp is None:
@@ -397,8 +396,9 @@ class Criu:
     def _converse(self, sk: socket.socket, req: Any, request: _Request) -> tuple[Any, HookError | None]:
         """Send ``req``, answer every NOTIFY, return CRIU's final response and the first failure."""
         rpc = _pb()
-        sk.send(req.SerializeToString())
         failure: HookError | None = None
+        if not _send(sk, req):
+            return None, failure
         while True:
             resp = _recv(sk)
             if resp is None or resp.type != rpc.NOTIFY:
@@ -408,7 +408,8 @@ class Criu:
             error = self.on_notify(request, action, pid)
             if error is not None and failure is None:
                 failure = error
-            sk.send(rpc.criu_req(type=rpc.NOTIFY, notify_success=error is None).SerializeToString())
+            if not _send(sk, rpc.criu_req(type=rpc.NOTIFY, notify_success=error is None)):
+                return None, failure
 
     def on_notify(self, request: _Request, action: str, pid: int | None) -> HookError | None:
         """Run one action through the plugins, then the caller's callback; return the failure."""
@@ -425,6 +426,15 @@ class Criu:
         except Exception as exc:
             return HookError(action, f"callback failed: {type(exc).__name__}: {exc}", ExitCode.FAILED)
         return None
+
+
+def _send(sk: socket.socket, msg: Any) -> bool:
+    """Send one message; ``False`` if CRIU is gone."""
+    try:
+        sk.send(msg.SerializeToString())
+    except (BrokenPipeError, ConnectionResetError):
+        return False
+    return True
 
 
 def _recv(sk: socket.socket) -> Any:
