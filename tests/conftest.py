@@ -64,6 +64,16 @@ def link_names(pid: int | None = None) -> set[str]:
     return {line.split(": ")[1].split("@")[0] for line in out.splitlines() if ": " in line}
 
 
+def leaked(before: set[str]) -> set[str]:
+    """Links new in the host netns that are ours: this run's unique names or the macvlans' names.
+
+    Other engineers' (or CI jobs') tests add and remove their own links meanwhile: a
+    plain set comparison would see theirs.
+    """
+    tag = f"{os.getpid() % 10000:04d}"
+    return {n for n in link_names() - before if tag in n or n.startswith(("mv", "tm"))}
+
+
 def netns_inode(pid: int | str) -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 

@@ -1,0 +1,88 @@
+"""The container-engine path: an RPC client that is not ours (raw pycriu, no notify) names
+the action script and the macvlan mappings only in a CRIU config file (RPC ``config_file``).
+
+CRIU >= 3.19 runs the config file's action script in RPC mode; the script finds the
+mappings in ``$CRIU_MACVLAN_CONFIG``, which ``criu swrk`` inherits from the client
+that forked it (pycriu forks and execs criu with the client's environment).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, link_names
+from test_action_script import addrs_json, comparable, links_json, setup_links
+from test_cli import leaked
+
+from criu_macvlan import images as img
+
+pytestmark = pytest.mark.integration
+
+
+def raw_request(kind: str, images: Path, **opts: Any) -> Any:
+    """One request the way an engine sends it: pycriu's connection, rpc_pb2, no notify_scripts."""
+    rpc = importlib.import_module("pycriu.rpc_pb2")
+    comm = importlib.import_module("pycriu.criu")._criu_comm_bin(CRIU)
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        req = rpc.criu_req(type=getattr(rpc, kind))
+        req.opts.images_dir_fd = fd
+        for key, value in opts.items():
+            setattr(req.opts, key, value)
+        sk = comm.connect(False)
+        try:
+            sk.send(req.SerializeToString())
+            resp = rpc.criu_resp()
+            resp.ParseFromString(sk.recv(4096))
+        finally:
+            comm.disconnect()
+    finally:
+        os.close(fd)
+    assert resp.type == getattr(rpc, kind), "an engine without notify must get no NOTIFY"
+    if not resp.success:
+        log = images / opts.get("log_file", "criu.log")
+        pytest.fail(f"{kind} failed: {resp.cr_errmsg}\n" + "\n".join(log.read_text().splitlines()[-30:]))
+    return resp
+
+
+def test_engine_config_file_dump_restore(
+    net: Net, procs: Procs, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
+    host_before = link_names()
+    pid = procs.tree()
+    setup_links(net, pid, a1, a2)
+    before, addrs_before = links_json(pid), addrs_json(pid)
+    maps = {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2}
+    conf = tmp_path / "engine.conf"  # what an engine's runc.conf would say
+    externals = "".join(f"external macvlan[{k}]:{v}\n" for k, v in maps.items())
+    conf.write_text(f"action-script {ACTION_SCRIPT}\n{externals}")
+    monkeypatch.setenv("CRIU_MACVLAN_CONFIG", str(conf))
+
+    raw_request("DUMP", images, pid=pid, log_file="dump.log", log_level=4, config_file=str(conf))
+    assert not alive(pid)
+    assert (images / "macvlan.img").exists()
+    dump_log = (images / "dump.log").read_text()
+    assert "Running post-dump scripts" in dump_log
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # CRIU will leave the links to the action script
+        summaries = [img.summarize_netdev(fd, n) for n in img.netdev_images(fd)]
+    finally:
+        os.close(fd)
+    assert sorted(name for s in summaries for name, _ in s.converted) == sorted(maps)
+    assert not [e for s in summaries for e in s.native]
+
+    resp = raw_request("RESTORE", images, log_file="restore.log", log_level=4, config_file=str(conf))
+    new = procs.adopt(resp.restore.pid)
+    assert alive(new)
+    after, host = links_json(new), links_json()
+    for name, parent in maps.items():
+        assert comparable(after[name]) == comparable(before[name]), name
+        assert after[name]["link_index"] == host[parent]["ifindex"]
+    assert addrs_json(new) == addrs_before
+    procs.cleanup()
+    assert leaked(host_before) == set()
