@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import CRIU, Net, Procs, alive, criu, ip, link_names
+from conftest import CRIU, Net, Procs, alive, criu, ip, leaked, link_names
 from test_action_script import addrs_json, comparable, links_json, setup_links
 
 from criu_macvlan import images as img
@@ -33,16 +32,6 @@ def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("criu-macvlan: ")
     return lines[0]
-
-
-def leaked(before: set[str]) -> set[str]:
-    """Links new in the host netns that are ours: this run's unique names or the macvlans' names.
-
-    Other engineers' tests add and remove their own links meanwhile: a plain set
-    comparison would see theirs.
-    """
-    tag = f"{os.getpid() % 10000:04d}"
-    return {n for n in link_names() - before if tag in n or n.startswith(("mv", "tm"))}
 
 
 def sidecar_of(images: Path) -> img.Sidecar:
