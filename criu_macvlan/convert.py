@@ -28,14 +28,14 @@ def sidecar_from_netdev(dir_fd: int) -> images.Sidecar:
         m = images.NETDEV_NAME.fullmatch(name)
         _, entries = images.read_netdev(dir_fd, name)
         for e in entries:
-            if e.type != images.ND_MACVLAN or not e.HasField("macvlan"):  # type: ignore[attr-defined]
+            if e.type != images.ND_MACVLAN or not e.HasField("macvlan"):
                 continue
             link = pb.macvlan_link(
-                name=e.name, ifindex=e.ifindex, mode=e.macvlan.mode,  # type: ignore[attr-defined]
-                address=e.address, mtu=e.mtu, link_flags=e.flags,  # type: ignore[attr-defined]
+                name=e.name, ifindex=e.ifindex, mode=e.macvlan.mode,
+                address=e.address, mtu=e.mtu, link_flags=e.flags,
             )
-            if e.macvlan.HasField("flags"):  # type: ignore[attr-defined]
-                link.flags = e.macvlan.flags  # type: ignore[attr-defined]
+            if e.macvlan.HasField("flags"):
+                link.flags = e.macvlan.flags
             if m:
                 link.netns_id = int(m.group(1))
             links.append(link)

@@ -49,8 +49,8 @@ def _netdev_devices(dir_fd: int, rep: Report) -> tuple[dict[str, images.NetdevSu
             rep.problems.append(str(exc))
             continue
         for e in entries:
-            converted = e.type == images.ND_EXTLINK and e.HasField("macvlan")  # type: ignore[attr-defined]
-            devices.append((e.name, e.ifindex, converted))  # type: ignore[attr-defined]
+            converted = e.type == images.ND_EXTLINK and e.HasField("macvlan")
+            devices.append((e.name, e.ifindex, converted))
     return summaries, devices
 
 
