@@ -93,7 +93,7 @@ def test_l3_and_tcp_listener_survive(
         lost = [r for r in routes_before if r[5] == "100"]
         assert len(lost) == 1
         routes_before = [r for r in routes_before if r not in lost]
-    assert routes_after == routes_before, (set(routes_before) - set(routes_after), set(routes_after) - set(routes_before))
+    assert routes_after == routes_before, (set(routes_before) ^ set(routes_after))
     valid, preferred = lifetime(new, "mvb", "10.233.0.2")
     assert 900 < valid <= 1000 and 400 < preferred <= 500
     log = (images / "restore.log").read_text()
