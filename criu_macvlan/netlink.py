@@ -120,6 +120,21 @@ def _extend_macvlan_attrs() -> None:
 
 _extend_macvlan_attrs()
 
+
+def _extend_addr_attrs() -> None:
+    """Teach pyroute2 the IFA_* attributes it lacks (kernel ``if_addr.h``, 9 to 11)."""
+    names = {name for name, _ in ifaddrmsg.nla_map}
+    extra = (
+        ("IFA_RT_PRIORITY", "uint32"),  # 9: metric of the prefix route the kernel adds
+        ("IFA_TARGET_NETNSID", "int32"),  # 10
+        ("IFA_PROTO", "uint8"),  # 11: who made the address (IFAPROT_*)
+    )
+    if len(ifaddrmsg.nla_map) == 9 and not names & {n for n, _ in extra}:
+        ifaddrmsg.nla_map = tuple(ifaddrmsg.nla_map) + extra
+
+
+_extend_addr_attrs()
+
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 RT_TABLE_LOCAL = 255
@@ -337,6 +352,8 @@ class Rtnl:
             attrs.append(("IFA_BROADCAST", ip_to_str(fam, addr.broadcast)))
         if addr.HasField("label"):
             attrs.append(("IFA_LABEL", addr.label))
+        if addr.HasField("rt_priority"):
+            attrs.append(("IFA_RT_PRIORITY", addr.rt_priority))
         attrs.append(("IFA_FLAGS", flags))
         if addr.HasField("valid_lft") or addr.HasField("preferred_lft"):
             cache = {
@@ -386,6 +403,9 @@ class Rtnl:
 IFA_F_NODAD = 0x02
 IFA_F_PERMANENT = 0x80
 FOREVER = 0xFFFFFFFF
+# IFA_PROTO values of the addresses the kernel makes itself (loopback, IPv6
+# link-local, IPv6 autoconf from router advertisements): never saved.
+IFAPROT_KERNEL = (1, 2, 3)
 
 
 def link_kind(msg: Any) -> str | None:
@@ -447,6 +467,9 @@ def to_addr(msg: Any) -> pb.macvlan_addr:
     label = msg.get_attr("IFA_LABEL")
     if label:
         addr.label = label
+    metric = msg.get_attr("IFA_RT_PRIORITY")
+    if metric:
+        addr.rt_priority = metric
     cache = msg.get_attr("IFA_CACHEINFO")
     if cache is not None and not addr.flags & IFA_F_PERMANENT:
         if cache["ifa_valid"] != FOREVER:
@@ -477,8 +500,25 @@ def to_route(msg: Any) -> pb.macvlan_route:
     return route
 
 
+def is_kernel_address(msg: Any) -> bool:
+    """An address the kernel made itself (``IFA_PROTO``, Linux 5.18+), e.g. an IPv6 link-local one.
+
+    The kernel makes it again when the restored link goes up; older kernels do not
+    say, and such an address is then saved and restored like any other (adding it
+    again is harmless: the kernel answers EEXIST, which restore ignores).
+    """
+    return msg.get_attr("IFA_PROTO") in IFAPROT_KERNEL
+
+
 def _is_kernel_route(route: pb.macvlan_route) -> bool:
-    """Routes the kernel makes itself when an address is added or a link goes up."""
+    """Routes the kernel makes itself when an address is added or a link goes up.
+
+    Its ``local`` table (local, broadcast, IPv6 anycast and multicast routes) and
+    every ``proto kernel`` route: the IPv4/IPv6 prefix routes of addresses and
+    IPv6's ``fe80::/64``, in whatever table the kernel put them. Routes a user or a
+    daemon added (``proto boot``/``static``/``dhcp``/``ra``/...) are kept in every
+    other table, the main one and numbered ones alike.
+    """
     return bool(route.table == RT_TABLE_LOCAL or route.protocol == RTPROT_KERNEL)
 
 
@@ -497,7 +537,7 @@ def read_macvlans(netns_fd: int, host_fd: int, with_l3: bool = True) -> list[pb.
             by_index = {link.ifindex: link for link in links}
             for msg in rtnl.addresses():
                 owner = by_index.get(msg["index"])
-                if owner is not None:
+                if owner is not None and not is_kernel_address(msg):
                     owner.addrs.append(to_addr(msg))
             for msg in rtnl.routes():
                 owner = by_index.get(msg.get_attr("RTA_OIF"))

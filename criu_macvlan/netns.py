@@ -26,3 +26,44 @@ def inode(fd: int) -> int:
 def same(fd_a: int, fd_b: int) -> bool:
     a, b = os.fstat(fd_a), os.fstat(fd_b)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants, from ``/proc/<pid>/task/<tid>/children``.
+
+    Processes that exit during the walk are skipped (the tree still runs at
+    ``pre-dump``); a child is listed under the thread that forked it, so every
+    thread's list is read.
+    """
+    seen: set[int] = set()
+    order: list[int] = []
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        order.append(pid)
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except OSError:
+                continue
+    return order
+
+
+def netns_of_tree(root: int) -> dict[tuple[int, int], int]:
+    """Every distinct network namespace of the tree of ``root``: ``(st_dev, st_ino)`` -> first pid in it."""
+    found: dict[tuple[int, int], int] = {}
+    for pid in tree_pids(root):
+        try:
+            st = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        found.setdefault((st.st_dev, st.st_ino), pid)
+    return found

@@ -66,6 +66,7 @@ class MacvlanPlugin:
         target = nsutil.open_of_pid(pid)
         own = nsutil.open_own()
         try:
+            _refuse_macvlans_in_other_netns(ctx, pid, target, own)
             if nsutil.same(target, own):
                 ctx.log.debug("tree %d shares our network namespace: no macvlan of its own", pid)
                 return
@@ -142,7 +143,7 @@ class MacvlanPlugin:
                     f"'criu-macvlan convert --to-native {ctx.images.path}' to let CRIU restore them itself"
                 )
             return
-        empty = ctx.empty_ns if ctx.empty_ns is not None else not netdevs
+        empty = restores_l3_itself(ctx, netdevs)
         if not empty:
             _check_netdev_consistency(sidecar, summaries, ctx.images.path)
         plan = plan_restore(sidecar, ctx.mappings, ctx)
@@ -159,6 +160,57 @@ class MacvlanPlugin:
         finally:
             os.close(target)
             os.close(own)
+
+
+def restores_l3_itself(ctx: ActionContext, netdevs: list[str]) -> bool:
+    """Whether this restore is in empty-netns mode, so the plugin (not CRIU) restores L3.
+
+    CRIU restores a netns's links, addresses and routes from ``netdev-<id>.img``,
+    ``ifaddr-<id>.img`` and ``route-<id>.img`` unless ``--empty-ns net`` is given
+    (``opts.empty_ns & CLONE_NEWNET`` over RPC, always set by runc). So:
+
+    * the restore's own option says empty (``ctx.empty_ns``: from CRIU's command
+      line and config files in action-script mode, from ``criu_opts.empty_ns`` in
+      RPC mode): CRIU ignores any netdev image, the plugin does L3;
+    * the images hold no netdev image (the dump ran with ``--empty-ns net``): CRIU
+      has nothing to restore whatever the option says, the plugin does L3;
+    * otherwise CRIU does L3 and the plugin must not (it would fail with EEXIST).
+    """
+    return bool(ctx.empty_ns) or not netdevs
+
+
+def _refuse_macvlans_in_other_netns(ctx: ActionContext, pid: int, root_fd: int, own_fd: int) -> None:
+    """Fail the dump if a netns of the tree other than its root task's holds a macvlan.
+
+    Only the root task's netns is saved and recreated (see docs/several-netns.md);
+    a macvlan elsewhere in the tree would be restored by CRIU as a native macvlan
+    on a parent that may not exist, or lost in empty-netns mode: refused loudly.
+    """
+    root_key = (os.fstat(root_fd).st_dev, nsutil.inode(root_fd))
+    own_key = (os.fstat(own_fd).st_dev, nsutil.inode(own_fd))
+    others = {k: p for k, p in nsutil.netns_of_tree(pid).items() if k not in (root_key, own_key)}
+    if not others:
+        return
+    from . import netlink
+
+    for (_, ino), member in sorted(others.items(), key=lambda kv: kv[1]):
+        if _is_external_netns(ctx, ino):
+            continue
+        try:
+            fd = nsutil.open_of_pid(member)
+        except CriuMacvlanError:
+            continue  # the process exited during the walk
+        try:
+            links = netlink.read_macvlans(fd, own_fd, with_l3=False)
+        finally:
+            os.close(fd)
+        if links:
+            names = ", ".join(link.name for link in links)
+            raise CriuMacvlanError(
+                f"process {member} of tree {pid} is in a second network namespace (net:[{ino}]) "
+                f"with macvlan {names}: criu-macvlan saves the macvlans of the root task's "
+                "network namespace only; move them there or dump that subtree separately"
+            )
 
 
 def _check_netdev_consistency(
@@ -287,6 +339,8 @@ def _restore_l3(links: list[pb.macvlan_link], inside: Rtnl) -> None:
     for link in links:
         for addr in link.addrs:
             inside.add_address(link.ifindex, addr)
-    for link in links:
-        for route in link.routes:
-            inside.add_route(link.ifindex, route)
+    # Gateway routes last: their gateway must be reachable through a route of
+    # scope link (an address's prefix route, or a device route restored first).
+    routes = [(link.ifindex, route) for link in links for route in link.routes]
+    for index, route in sorted(routes, key=lambda r: r[1].HasField("gateway")):
+        inside.add_route(index, route)

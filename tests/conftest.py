@@ -222,10 +222,40 @@ def images(tmp_path: Path) -> Path:
     return d
 
 
-def criu(*args: str, images: Path, log: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def criu(
+    *args: str, images: Path, log: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real criu with ``-D images -v4 -o log``; on failure show the end of its log."""
-    res = run(CRIU, *args, "-D", str(images), "-v4", "-o", log, check=False)
+    res = run(CRIU, *args, "-D", str(images), "-v4", "-o", log, check=False, env=env)
     if check and res.returncode != 0:
         tail = (images / log).read_text(errors="replace").splitlines()[-40:] if (images / log).exists() else []
         pytest.fail(f"criu {args[0]} failed ({res.returncode}): {res.stderr}\n" + "\n".join(tail))
     return res
+
+
+def _criu_version() -> tuple[int, ...]:
+    out = run(CRIU, "--version", check=False).stdout
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return tuple(int(x) for x in line.split()[1].split(".") if x.isdigit())
+    return (0,)
+
+
+@pytest.fixture(scope="session")
+def inet_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for criu (and runc) runs that dump TCP/UDP sockets.
+
+    criu < 4.2 cannot dump an inet socket on Linux >= 6.16 (SO_PASSCRED is
+    AF_UNIX-only there: "Can't get 1:16 opt"); criu 4.2 treats the option as 0.
+    For such a criu this preloads ``tests/compat/criu_passcred_shim.c``, which
+    does the same, and nothing more.
+    """
+    env = dict(os.environ)
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    if _criu_version() >= (4, 2) or release < (6, 16):
+        return env
+    out = tmp_path_factory.mktemp("shim") / "criu_passcred_shim.so"
+    src = Path(__file__).parent / "compat" / "criu_passcred_shim.c"
+    run("cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src), "-ldl")
+    env["LD_PRELOAD"] = str(out)
+    return env
