@@ -8,7 +8,7 @@ setup:                      ## install criu 4.1.1, pycriu, iptables, iproute2; b
 	sh scripts/bootstrap.sh
 
 test: setup                 ## the whole suite (unit + integration with the real criu)
-	$(PY) -m ruff check criu_macvlan tests examples benchmarks
+	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PYTEST) -q -ra
 
