@@ -139,3 +139,39 @@ def test_other_links_are_left_alone(net: Net, procs: Procs, images: Path) -> Non
     )
     new = procs.adopt(int(pidfile.read_text()))
     assert link_names(new) == {"lo", "mvb"}
+
+
+def test_rpc_empty_ns_tcp_listener_survives(
+    net: Net, procs: Procs, images: Path, inet_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine view: dump and restore over RPC with opts.empty_ns = CLONE_NEWNET, hooks in-process."""
+    from conftest import CRIU
+
+    from criu_macvlan.rpc import Criu
+
+    if "LD_PRELOAD" in inet_env:  # criu swrk inherits our environment
+        monkeypatch.setenv("LD_PRELOAD", inet_env["LD_PRELOAD"])
+    seg = Segment(net, procs)
+    host_before = link_names()
+    pid = procs.tree("python3", "-c", SERVER)
+    configure_l3(net, pid, seg.a)
+    wait_listening(seg)
+    link_before, addrs_before, routes_before = link(pid, "mvb"), addresses(pid, "mvb"), routes(pid)
+
+    driver = Criu(criu_bin=CRIU)
+    driver.dump(pid, str(images), empty_ns_net=True, log_file="dump.log", log_level=4)
+    assert not alive(pid)
+    assert not netdev_images(images)
+    new = procs.adopt(driver.restore(str(images), {"mvb": seg.b}, empty_ns_net=True, log_file="restore.log"))
+    assert alive(new)
+    assert seg.ask(V4, wait=3) == f"pong {V4}"
+    assert seg.ask(V6, wait=3) == f"pong {V6}"
+    after = link(new, "mvb")
+    assert after["link_index"] == json.loads(ip("-j", "link", "show", "dev", seg.b))[0]["ifindex"]
+    assert {k: v for k, v in after.items() if k != "link_index"} == {
+        k: v for k, v in link_before.items() if k != "link_index"
+    }
+    assert addresses(new, "mvb") == addrs_before
+    assert routes(new) == routes_before
+    procs.cleanup()
+    assert ours(link_names()) == ours(host_before)
