@@ -71,6 +71,7 @@ from pyroute2.netlink import (  # noqa: E402
     NLM_F_EXCL,
     NLM_F_REQUEST,
 )
+from pyroute2.netlink.exceptions import NetlinkDumpInterrupted as _DumpInterrupted  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError  # noqa: E402
 from pyroute2.netlink.nlsocket import Marshal, NetlinkSocket  # noqa: E402
 from pyroute2.netlink.rtnl import (  # noqa: E402
@@ -178,6 +179,9 @@ def _errmsg(exc: BaseException) -> str:
     return str(exc)
 
 
+DUMP_RETRIES = 10
+
+
 class Rtnl:
     """One rtnetlink socket bound to one network namespace."""
 
@@ -200,7 +204,16 @@ class Rtnl:
         self.close()
 
     def _request(self, msg: Any, msg_type: int, flags: int) -> list[Any]:
-        return list(self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
+        # A dump races with changes elsewhere in the netns (NLM_F_DUMP_INTR): retry it.
+        for _ in range(DUMP_RETRIES - 1):
+            try:
+                return list(self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
+            except _DumpInterrupted:
+                continue
+        try:
+            return list(self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
+        except _DumpInterrupted as exc:
+            raise NetlinkError(f"netlink dump interrupted {DUMP_RETRIES} times: the netns keeps changing") from exc
 
     # ------------------------------------------------------------ reading
 

@@ -1,0 +1,71 @@
+"""``criu-macvlan convert``: hand macvlan links between CRIU and criu-macvlan, in place.
+
+To criu-macvlan (default): the netdev images' MACVLAN entries become EXTLINK,
+so CRIU leaves their creation to our ``setup-namespaces`` hook. Images dumped
+without the plugin have no ``macvlan.img``: one is made from CRIU's entries
+(name, ifindex, mode, flags, MAC, MTU, link flags; CRIU itself restores the
+addresses and routes; the dumped parent and source MACs are unknown).
+
+To native (``--to-native``): the EXTLINK entries that keep a macvlan field go
+back to MACVLAN, for a plain ``criu restore --external macvlan[IN]:OUT``. The
+sidecar stays: converting again restores the plugin's view, and a restore with
+the plugin that meets native entries says so instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from . import images
+from . import macvlan_pb2 as pb
+from .errors import ImageError, UsageError
+
+
+def sidecar_from_netdev(dir_fd: int) -> images.Sidecar:
+    links = []
+    for name in images.netdev_images(dir_fd):
+        m = images.NETDEV_NAME.fullmatch(name)
+        _, entries = images.read_netdev(dir_fd, name)
+        for e in entries:
+            if e.type != images.ND_MACVLAN or not e.HasField("macvlan"):  # type: ignore[attr-defined]
+                continue
+            link = pb.macvlan_link(
+                name=e.name, ifindex=e.ifindex, mode=e.macvlan.mode,  # type: ignore[attr-defined]
+                address=e.address, mtu=e.mtu, link_flags=e.flags,  # type: ignore[attr-defined]
+            )
+            if e.macvlan.HasField("flags"):  # type: ignore[attr-defined]
+                link.flags = e.macvlan.flags  # type: ignore[attr-defined]
+            if m:
+                link.netns_id = int(m.group(1))
+            links.append(link)
+    return images.Sidecar(pb.macvlan_head(hostname=socket.gethostname()), links)
+
+
+def convert(images_dir: str, to_native: bool = False) -> int:
+    """Convert every netdev image in ``images_dir``; the number of entries changed."""
+    try:
+        dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UsageError(f"cannot open images directory {images_dir}: {exc.strerror}") from exc
+    try:
+        netdevs = images.netdev_images(dir_fd)
+        if not netdevs:
+            raise ImageError(f"{images_dir}: no netdev images (not a dump of a netns, or --empty-ns net): "
+                             "nothing to convert")
+        sidecar = images.load(dir_fd)
+        if to_native:
+            if sidecar is not None:
+                indexes = {lk.ifindex for lk in sidecar.links}
+            else:
+                indexes = {i for n in netdevs for _, i in images.summarize_netdev(dir_fd, n).converted}
+            return sum(images.convert_netdev(dir_fd, n, indexes, to_native=True) for n in netdevs)
+        if sidecar is None:
+            sidecar = sidecar_from_netdev(dir_fd)
+            if not sidecar.links:
+                return 0
+            images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
+        indexes = {lk.ifindex for lk in sidecar.links}
+        return sum(images.convert_netdev(dir_fd, n, indexes) for n in netdevs)
+    finally:
+        os.close(dir_fd)
