@@ -680,7 +680,16 @@ def plot(data: dict[str, Any], path: str) -> bool:
 # ----------------------------------------------------------------------- main
 
 
+def compile_package() -> None:
+    """Byte-compile criu_macvlan as ``pip install`` does: with PYTHONDONTWRITEBYTECODE set (as in
+    this project's shells), a checkout has no .pyc and every hook would compile its modules anew."""
+    import compileall
+
+    compileall.compile_dir(str(REPO / "criu_macvlan"), quiet=1)
+
+
 def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = True) -> dict[str, Any]:
+    compile_package()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # restored trees become ours to reap
     samples: Sample = {}
