@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 
-.PHONY: setup test unit lint demo proto bench fuzz soak clean
+.PHONY: setup test unit lint demo proto bench bench-quick fuzz soak clean
 
 setup:                      ## install criu 4.1.1, pycriu, iptables, iproute2; build .venv
 	sh scripts/bootstrap.sh
@@ -22,6 +22,14 @@ proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from image
 	protoc --proto_path=. --python_out=build/proto images/macvlan.proto || \
 	  { mkdir -p build/proto && protoc --proto_path=. --python_out=build/proto images/macvlan.proto; }
 	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
+
+bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; ~15 min) -> benchmarks/results/latest.*
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
+	$(PY) benchmarks/bench.py
+
+bench-quick: setup         ## smoke check of the benchmark: N=1,10, 3 runs
+	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
+	$(PY) benchmarks/bench.py --quick
 
 clean:
 	rm -rf build .venv .pytest_cache .mypy_cache .ruff_cache

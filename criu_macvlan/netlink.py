@@ -548,13 +548,14 @@ def read_macvlans(netns_fd: int, host_fd: int, with_l3: bool = True) -> list[pb.
     parents = [link.parent for link in links if host_nsid is not None]
     parents = [p for p in parents if p.HasField("link_netnsid") and p.link_netnsid == host_nsid]
     if parents:
-        with Rtnl(None) as host:
-            for parent in parents:
-                msg = host.link(index=parent.ifindex)
-                if msg is not None:
-                    parent.name = msg.get_attr("IFLA_IFNAME")
-                    parent.address = mac_to_bytes(msg.get_attr("IFLA_ADDRESS"))
-                    parent.mtu = msg.get_attr("IFLA_MTU")
+        with Rtnl(None) as host:  # one request per distinct parent, not per link
+            found = {index: host.link(index=index) for index in {p.ifindex for p in parents}}
+        for parent in parents:
+            msg = found[parent.ifindex]
+            if msg is not None:
+                parent.name = msg.get_attr("IFLA_IFNAME")
+                parent.address = mac_to_bytes(msg.get_attr("IFLA_ADDRESS"))
+                parent.mtu = msg.get_attr("IFLA_MTU")
     return links
 
 

@@ -1,0 +1,766 @@
+"""criu-macvlan against native CRIU, side by side (issue 7).
+
+Workload: one process tree (``unshare --pid --net``) whose netns holds N macvlan
+links (mode bridge, down) on a veth parent in the host
+netns. Every *path* keeps its own tree and dumps and restores it in a chain:
+dump (timed) -> restore (timed) onto the other of its two parents -> the restored
+tree is the next run's tree. Paths of a group run alternately (A B C A B C ...).
+
+Groups (each path's ratio is against the group's native path on the same N):
+
+* ``inproc`` -- one Python process: our RPC driver (plugin makes the links) vs the
+  same RPC request through plain pycriu, CRIU's own code making the links
+  (``opts.external`` ``macvlan[IN]:OUT``).
+* ``cmdline`` -- whole processes: ``criu --action-script hooks/criu-macvlan-action``
+  and ``criu-macvlan restore`` (our CLI) vs plain ``criu`` (``--external macvlan[...]``).
+* ``actions`` -- the hook alone through the shell shim, outside CRIU, with a prepared
+  images dir and netns: an action no plugin handles, ``pre-dump``, ``post-dump``,
+  ``setup-namespaces``; wall time and peak RSS of the hook process.
+
+Writes ``latest.md``, ``latest.json`` and (with matplotlib, ``pip install -e .[bench]``)
+``latest.png`` to ``--out``. Needs root, criu, iproute2 and util-linux. Everything it
+creates (veths, trees, images) is removed at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+ACTION = REPO / "hooks" / "criu-macvlan-action"
+CRIU = shutil.which("criu") or "/usr/sbin/criu"
+CLI = Path(sys.executable).with_name("criu-macvlan")
+PR_SET_CHILD_SUBREAPER = 36
+UNHANDLED_ACTION = "network-lock"
+MiB = 1 << 20
+
+Sample = dict[str, dict[str, dict[str, dict[str, list[float]]]]]  # group -> path -> op -> N -> seconds
+
+
+def log(msg: str) -> None:
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def sh(*cmd: str, stdin: str | None = None) -> str:
+    res = subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+    return res.stdout
+
+
+# ------------------------------------------------------------------ resources
+
+
+class Lab:
+    """Every veth, process and directory the benchmark makes; :meth:`cleanup` removes them all."""
+
+    def __init__(self, tmp_root: str | None = None) -> None:
+        self.veths: list[str] = []
+        self.pids: set[int] = set()
+        self.popens: list[subprocess.Popen[bytes]] = []
+        self.tmp = tempfile.mkdtemp(prefix="criu-macvlan-bench-", dir=tmp_root)
+        self._seq = 0
+
+    def name(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}{os.getpid() % 100000:05d}{self._seq:03d}"[:15]
+
+    def dir(self, prefix: str) -> str:
+        return tempfile.mkdtemp(prefix=prefix, dir=self.tmp)
+
+    def veth(self) -> str:
+        name = self.name("bm")
+        sh("ip", "link", "add", name, "type", "veth", "peer", "name", name + "p")
+        self.veths.append(name)
+        sh("ip", "link", "set", name, "up")
+        sh("ip", "link", "set", name + "p", "up")
+        return name
+
+    def tree(self) -> int:
+        """Start ``sleep`` as pid 1 of a new pid+net namespace; return its host pid."""
+        p = subprocess.Popen(
+            ["unshare", "--pid", "--net", "--fork", "setsid", "sleep", "1000000"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.popens.append(p)
+        children = Path(f"/proc/{p.pid}/task/{p.pid}/children")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            kids = children.read_text().split() if children.exists() else []
+            if kids:
+                pid = self.adopt(int(kids[0]))
+                while Path(f"/proc/{pid}/comm").read_text().strip() in ("unshare", "setsid"):
+                    time.sleep(0.002)
+                return pid
+            time.sleep(0.002)
+        raise RuntimeError("a test tree did not start")
+
+    def adopt(self, pid: int) -> int:
+        self.pids.add(pid)
+        return pid
+
+    def kill(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)  # ours as the child subreaper, or unshare's child (then reaped by it)
+        self.pids.discard(pid)
+
+    def reap(self) -> None:
+        """Collect restored trees that died (a dump kills them; we are their subreaper)."""
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+
+    def cleanup(self) -> None:
+        for pid in list(self.pids):
+            self.kill(pid)
+        for p in self.popens:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for name in reversed(self.veths):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+        self.veths.clear()
+        self.reap()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def add_macvlans(pid: int, parent: str, n: int) -> None:
+    """N macvlans mv0..mv{N-1} (mode bridge, down) in the netns of ``pid``, by one ``ip -batch``.
+
+    Down, so without IPv6 link-local addresses: the native lower bound (links stripped
+    from the netdev image) must not find addresses of missing links in CRIU's ifaddr image.
+    """
+    sh("ip", "-batch", "-", stdin="".join(
+        f"link add mv{i} link {parent} netns {pid} type macvlan mode bridge\n" for i in range(n)))
+
+
+def strip_macvlans(images: str) -> int:
+    """Drop the MACVLAN entries from CRIU's netdev images: CRIU then restores everything but the links."""
+    from criu_macvlan import images as img
+
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        dropped = 0
+        for name in img.netdev_images(fd):
+            raw, entries = img.read_netdev(fd, name)
+            keep = [r for r, e in zip(raw, entries, strict=True) if e.type != img.ND_MACVLAN]
+            dropped += len(raw) - len(keep)
+            img.write_atomic(fd, name, img.frame(img.NETDEV_MAGIC, keep))
+        return dropped
+    finally:
+        os.close(fd)
+
+
+def mappings(n: int, parent: str) -> dict[str, str]:
+    return {f"mv{i}": parent for i in range(n)}
+
+
+def externals(n: int, parent: str) -> list[str]:
+    return [f"macvlan[{k}]:{v}" for k, v in mappings(n, parent).items()]
+
+
+def log_tail(images: str, name: str) -> str:
+    try:
+        lines = Path(images, name).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-15:])
+
+
+# ---------------------------------------------------------------------- paths
+
+
+@dataclass
+class PathSpec:
+    """One way to dump and restore; ``dump_timed=False``: its dump only prepares the images."""
+
+    group: str
+    name: str
+    dump: Callable[[int, str], None]
+    restore: Callable[[str, int, str], int]  # (images, n, parent) -> restored pid
+    dump_timed: bool = True
+    native: bool = False
+    prepare: Callable[[str], object] | None = None  # untimed, on the images before the restore
+    fixup: Callable[[int, int, str], None] | None = None  # untimed, (pid, n, parent) after the restore
+
+
+def criu_cli(*args: str, images: str, logname: str) -> None:
+    res = subprocess.run([CRIU, *args, "-D", images, "-o", logname], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"criu {args[0]} failed ({res.returncode}):\n{log_tail(images, logname)}")
+
+
+def pidfile(images: str) -> str:
+    return os.path.join(images, "restored.pid")
+
+
+def pidfile_pid(images: str) -> int:
+    return int(Path(pidfile(images)).read_text())
+
+
+def cli_native_dump(pid: int, images: str) -> None:
+    criu_cli("dump", "-t", str(pid), images=images, logname="dump.log")
+
+
+def cli_script_dump(pid: int, images: str) -> None:
+    criu_cli("dump", "-t", str(pid), "--action-script", str(ACTION), images=images, logname="dump.log")
+
+
+def cli_native_restore(images: str, n: int, parent: str) -> int:
+    ext = [a for e in externals(n, parent) for a in ("--external", e)]
+    criu_cli("restore", "-d", "--pidfile", pidfile(images), *ext, images=images, logname="restore.log")
+    return pidfile_pid(images)
+
+
+def cli_script_restore(images: str, n: int, parent: str) -> int:
+    ext = [a for e in externals(n, parent) for a in ("--external", e)]
+    criu_cli("restore", "-d", "--pidfile", pidfile(images), "--action-script", str(ACTION), *ext,
+             images=images, logname="restore.log")
+    return pidfile_pid(images)
+
+
+def ours_cli_restore(images: str, n: int, parent: str) -> int:
+    maps = [a for k, v in mappings(n, parent).items() for a in ("--macvlan", f"{k}:{v}")]
+    cmd = [str(CLI), "restore", "-D", images, "-d", "--pidfile", pidfile(images), "-o", "restore.log", *maps]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"criu-macvlan restore failed ({res.returncode}): {res.stderr.strip()}\n"
+                           f"{log_tail(images, 'restore.log')}")
+    return pidfile_pid(images)
+
+
+class PycriuNative:
+    """Plain pycriu over ``criu swrk``, no plugin: CRIU's own code handles the macvlans."""
+
+    def __init__(self) -> None:
+        import pycriu
+
+        self.pycriu = pycriu
+
+    def _criu(self, images: str, logname: str) -> tuple[Any, int]:
+        c = self.pycriu.criu()
+        c.use_binary(CRIU)
+        fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+        c.opts.images_dir_fd = fd
+        c.opts.log_file = logname
+        return c, fd
+
+    def dump(self, pid: int, images: str) -> None:
+        c, fd = self._criu(images, "dump.log")
+        try:
+            c.opts.pid = pid
+            c.dump()
+        except self.pycriu.CRIUException as exc:
+            raise RuntimeError(f"pycriu dump failed: {exc}\n{log_tail(images, 'dump.log')}") from exc
+        finally:
+            os.close(fd)
+
+    def restore(self, images: str, n: int, parent: str) -> int:
+        c, fd = self._criu(images, "restore.log")
+        try:
+            c.opts.external.extend(externals(n, parent))
+            return int(c.restore().pid)
+        except self.pycriu.CRIUException as exc:
+            raise RuntimeError(f"pycriu restore failed: {exc}\n{log_tail(images, 'restore.log')}") from exc
+        finally:
+            os.close(fd)
+
+
+class OurRpc:
+    """criu-macvlan's RPC driver: CRIU's notifications run the plugin in this process."""
+
+    def __init__(self) -> None:
+        from criu_macvlan.rpc import Criu
+
+        self.criu = Criu(criu_bin=CRIU)
+
+    def dump(self, pid: int, images: str) -> None:
+        self.criu.dump(pid, images, log_file="dump.log")
+
+    def restore(self, images: str, n: int, parent: str) -> int:
+        return self.criu.restore(images, mappings(n, parent), log_file="restore.log")
+
+
+def have_module(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def probe_native_restore(lab: Lab) -> str | None:
+    """Can this CRIU + kernel restore a macvlan itself? ``None`` if yes, else CRIU's error."""
+    parent, pid = lab.veth(), lab.tree()
+    add_macvlans(pid, parent, 1)
+    images = lab.dir("probe-")
+    try:
+        cli_native_dump(pid, images)
+        lab.pids.discard(pid)
+        lab.adopt(cli_native_restore(images, 1, parent))
+    except RuntimeError as exc:
+        errors = [ln.split("Error ", 1)[1] for ln in str(exc).splitlines() if "Error " in ln and "rlimit" not in ln]
+        return "; ".join(errors[:2]) or str(exc)
+    return None
+
+
+def native_substitute(spec: PathSpec) -> PathSpec:
+    """Restore the native images without their macvlans (CRIU cannot make them): a lower bound."""
+    spec.prepare = strip_macvlans
+    spec.fixup = lambda pid, n, parent: add_macvlans(pid, parent, n)
+    return spec
+
+
+def path_specs(groups: list[str], native_ok: bool) -> list[PathSpec]:
+    def nat(spec: PathSpec) -> PathSpec:
+        return spec if native_ok else native_substitute(spec)
+
+    specs: list[PathSpec] = []
+    if "inproc" in groups:
+        native = PycriuNative()
+        specs.append(nat(PathSpec("inproc", "pycriu (native)", native.dump, native.restore, native=True)))
+        if have_module("criu_macvlan.rpc"):
+            ours = OurRpc()
+            specs.append(PathSpec("inproc", "criu-macvlan RPC", ours.dump, ours.restore))
+        else:
+            log("criu_macvlan.rpc is not there yet: in-process group has only the native path")
+    if "cmdline" in groups:
+        specs.append(nat(PathSpec("cmdline", "criu (native)", cli_native_dump, cli_native_restore, native=True)))
+        specs.append(PathSpec("cmdline", "criu --action-script", cli_script_dump, cli_script_restore))
+        if CLI.exists() and have_module("criu_macvlan.cli"):
+            specs.append(PathSpec("cmdline", "criu-macvlan CLI", cli_script_dump, ours_cli_restore, dump_timed=False))
+        else:
+            log(f"{CLI} is not there yet: no CLI path")
+    return specs
+
+
+# ------------------------------------------------------------------ the chains
+
+
+@dataclass
+class Chain:
+    spec: PathSpec
+    parents: tuple[str, str]
+    pid: int
+    turn: int = 0
+
+
+def run_chains(lab: Lab, specs: list[PathSpec], n: int, runs: int, warmup: bool, samples: Sample) -> None:
+    chains = []
+    for spec in specs:
+        parents = (lab.veth(), lab.veth())
+        pid = lab.tree()
+        add_macvlans(pid, parents[0], n)
+        chains.append(Chain(spec, parents, pid))
+    total = runs + (1 if warmup else 0)
+    for i in range(total):
+        for chain in chains:
+            spec = chain.spec
+            images = lab.dir("img-")
+            t0 = time.perf_counter()
+            spec.dump(chain.pid, images)
+            t1 = time.perf_counter()
+            lab.pids.discard(chain.pid)
+            lab.reap()
+            chain.turn ^= 1
+            parent = chain.parents[chain.turn]
+            if spec.prepare is not None:
+                spec.prepare(images)
+            t2 = time.perf_counter()
+            new = lab.adopt(spec.restore(images, n, parent))
+            t3 = time.perf_counter()
+            chain.pid = new
+            if spec.fixup is not None:
+                spec.fixup(new, n, parent)
+            shutil.rmtree(images, ignore_errors=True)
+            if warmup and i == 0:
+                continue
+            ops = samples.setdefault(spec.group, {}).setdefault(spec.name, {})
+            if spec.dump_timed:
+                ops.setdefault("dump", {}).setdefault(str(n), []).append(t1 - t0)
+            ops.setdefault("restore", {}).setdefault(str(n), []).append(t3 - t2)
+        log(f"N={n} run {i + 1}/{total} done")
+    for chain in chains:
+        lab.kill(chain.pid)
+
+
+# -------------------------------------------------------------- hooks alone
+
+
+@dataclass
+class HookStats:
+    wall: list[float] = field(default_factory=list)
+    rss: list[int] = field(default_factory=list)  # bytes, from extra runs under /usr/bin/time
+
+
+TIME = shutil.which("time") or "/usr/bin/time"
+
+
+def run_hook(env: dict[str, str], argv: list[str] | None = None) -> float:
+    """Run the shim once; return its wall time in seconds."""
+    t0 = time.perf_counter()
+    res = subprocess.run(argv or [str(ACTION)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"hook {env.get('CRTOOLS_SCRIPT_ACTION')} failed ({res.returncode}): "
+                           f"{res.stderr.decode().strip()}")
+    return wall
+
+
+def hook_rss(env: dict[str, str], argv: list[str] | None = None) -> int | None:
+    """Peak RSS (bytes) of one run, measured by GNU time: a child of ours would inherit our
+    own high-water mark (the kernel keeps the larger of the pre-exec and post-exec mm)."""
+    if not os.path.exists(TIME):
+        return None
+    with tempfile.NamedTemporaryFile("r") as out:
+        cmd = [TIME, "-f", "%M", "-o", out.name, *(argv or [str(ACTION)])]
+        quiet = subprocess.DEVNULL
+        res = subprocess.run(cmd, env=env, stdin=quiet, stdout=quiet, stderr=quiet, check=False)
+        text = out.read().strip().splitlines()
+    return int(text[-1]) * 1024 if res.returncode == 0 and text and text[-1].isdigit() else None
+
+
+def measure(st: HookStats, runs: int, env: dict[str, str], argv: list[str] | None = None) -> None:
+    for _ in range(runs):
+        st.wall.append(run_hook(env, argv))
+    rss = hook_rss(env, argv)
+    if rss is not None:
+        st.rss.append(rss)
+
+
+def hook_env(action: str, images: str, pid: int | None = None, config: str | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRTOOLS_", "CRIU_MACVLAN_"))}
+    env.update(CRTOOLS_SCRIPT_ACTION=action, CRTOOLS_IMAGE_DIR=images)
+    if pid is not None:
+        env["CRTOOLS_INIT_PID"] = str(pid)
+    if config is not None:
+        env["CRIU_MACVLAN_CONFIG"] = config
+    return env
+
+
+def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, HookStats]]) -> None:
+    empty = lab.dir("empty-")
+    many = max(runs, 20)
+    for _ in range(3):  # warm the page cache and the shim's handled-actions cache
+        run_hook(hook_env("pre-restore", empty))
+    for label, argv in (("spawn /bin/true (baseline)", ["/bin/true"]), (f"unhandled ({UNHANDLED_ACTION})", None)):
+        measure(stats.setdefault(label, {}).setdefault("1", HookStats()), many, hook_env(UNHANDLED_ACTION, empty), argv)
+    for n in ns:
+        parent = lab.veth()
+        pid = lab.tree()
+        add_macvlans(pid, parent, n)
+        conf = os.path.join(lab.tmp, f"maps-{n}.conf")
+        Path(conf).write_text("".join(f"external {e}\n" for e in externals(n, parent)))
+        # pre-dump: read the live netns, stage the sidecar
+        staged_dir = lab.dir("pre-")
+        measure(stats.setdefault("pre-dump", {}).setdefault(str(n), HookStats()), runs,
+                hook_env("pre-dump", staged_dir, pid))
+        # a native dump (tree keeps running) + the stage: what post-dump finds in a real dump
+        template = lab.dir("post-")
+        criu_cli("dump", "-t", str(pid), "--leave-running", images=template, logname="dump.log")
+        shutil.copy(os.path.join(staged_dir, ".criu-macvlan.staged"), template)
+        st = stats.setdefault("post-dump", {}).setdefault(str(n), HookStats())
+        restorable = ""
+        for i in range(runs + 1):  # the last run under /usr/bin/time, for the RSS
+            work = lab.dir("postrun-")
+            shutil.copytree(template, work, dirs_exist_ok=True)
+            env = hook_env("post-dump", work, pid)
+            if i < runs:
+                st.wall.append(run_hook(env))
+            elif (rss := hook_rss(env)) is not None:
+                st.rss.append(rss)
+            if restorable:
+                shutil.rmtree(work)
+            else:
+                restorable = work
+        lab.kill(pid)
+        # setup-namespaces: recreate the links in a fresh netns from the committed images
+        st = stats.setdefault("setup-namespaces", {}).setdefault(str(n), HookStats())
+        for i in range(runs + 1):
+            fresh = lab.tree()
+            env = hook_env("setup-namespaces", restorable, fresh, conf)
+            if i < runs:
+                st.wall.append(run_hook(env))
+            elif (rss := hook_rss(env)) is not None:
+                st.rss.append(rss)
+            lab.kill(fresh)
+        log(f"hooks alone N={n} done")
+
+
+# -------------------------------------------------------------------- report
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    version = subprocess.run([CRIU, "--version"], capture_output=True, text=True, check=False).stdout
+    return {
+        "nproc": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "cpu": cpu,
+        "criu": version.split("Version:", 1)[-1].split()[0] if "Version:" in version else version.strip(),
+        "python": platform.python_version(),
+        "mem_total": next((ln.split(":")[1].strip() for ln in Path("/proc/meminfo").read_text().splitlines()
+                           if ln.startswith("MemTotal")), "unknown"),
+    }
+
+
+def build_rows(samples: Sample) -> list[dict[str, Any]]:
+    rows = []
+    for group, paths in samples.items():
+        native = next((p for p in paths if "(native" in p), None)
+        for path, ops in paths.items():
+            for op, by_n in ops.items():
+                for n, values in sorted(by_n.items(), key=lambda kv: int(kv[0])):
+                    s = summary(values)
+                    base = samples[group].get(native or "", {}).get(op, {}).get(n) if native else None
+                    ratio = s["median"] / statistics.median(base) if base else None
+                    rows.append({"group": group, "path": path, "op": op, "n": int(n), **s, "ratio": ratio})
+    return rows
+
+
+def median_of(samples: Sample, group: str, path: str, op: str, n: int) -> float | None:
+    values = samples.get(group, {}).get(path, {}).get(op, {}).get(str(n))
+    return statistics.median(values) if values else None
+
+
+def target(name: str, value: float | None, limit: float, unit: str, detail: str = "") -> dict[str, Any]:
+    met = None if value is None else value <= limit
+    return {"target": name, "value": value, "limit": limit, "unit": unit, "met": met, "detail": detail}
+
+
+def build_targets(samples: Sample, hooks: dict[str, dict[str, HookStats]]) -> list[dict[str, Any]]:
+    out = []
+
+    def ratio(group: str, path: str, native: str, op: str, n: int) -> float | None:
+        a, b = median_of(samples, group, path, op, n), median_of(samples, group, native, op, n)
+        return a / b if a is not None and b else None
+
+    for op in ("restore", "dump"):
+        for n in (1, 100):
+            out.append(target(f"in-process RPC {op}, N={n}",
+                              ratio("inproc", "criu-macvlan RPC", "pycriu (native)", op, n), 1.05, "x native"))
+    out.append(target("action script restore, N=1",
+                      ratio("cmdline", "criu --action-script", "criu (native)", "restore", 1), 1.5, "x native"))
+    per_link = []
+    for path in ("criu --action-script", "criu (native)"):
+        hi, lo = (median_of(samples, "cmdline", path, "restore", n) for n in (1000, 1))
+        per_link.append((hi - lo) / 999 if hi is not None and lo is not None else None)
+    ours, nat = per_link
+    out.append(target("action script restore per-link cost, N=1000",
+                      ours / nat if ours is not None and nat else None, 1.2, "x native",
+                      f"ours {ours * 1e3:.3f} ms/link, native {nat * 1e3:.3f} ms/link"
+                      if ours is not None and nat is not None else ""))
+    out.append(target("criu-macvlan CLI restore, N=1",
+                      ratio("cmdline", "criu-macvlan CLI", "criu (native)", "restore", 1), 1.5, "x native"))
+    un = hooks.get(f"unhandled ({UNHANDLED_ACTION})", {}).get("1")
+    out.append(target("unhandled action (shim alone)", statistics.median(un.wall) * 1e3 if un else None, 3.0, "ms"))
+    for n, st in sorted(hooks.get("post-dump", {}).items(), key=lambda kv: int(kv[0])):
+        limit = 30 + 0.2 * int(n)
+        out.append(target(f"post-dump, N={n}", statistics.median(st.wall) * 1e3, limit, "ms"))
+    rss = [r for label, by_n in hooks.items() if not label.startswith("spawn") for st in by_n.values() for r in st.rss]
+    out.append(target("hook peak RSS", max(rss) / MiB if rss else None, 60.0, "MiB"))
+    return out
+
+
+def fmt_s(x: float) -> str:
+    return f"{x * 1e3:.1f}" if x < 10 else f"{x:.2f} s"
+
+
+def render_md(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    lines = [
+        "# criu-macvlan vs native CRIU",
+        "",
+        f"- date: {data['date']}",
+        f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_total']}, kernel {m['kernel']}, "
+        f"criu {m['criu']}, Python {m['python']}",
+        f"- N = {', '.join(map(str, data['config']['ns']))} macvlans in one netns; {data['config']['runs']} runs "
+        "per path, paths alternating; times in ms, median (min-max); ratio = median / native median.",
+        "",
+        *([f"- **native CRIU cannot restore a macvlan on this kernel** ({data['native_restore_error']}); every "
+           "native *restore* here restores the same images without their macvlan entries (CRIU makes no link; "
+           "links re-added untimed afterwards): a lower bound of native, so restore ratios overstate our "
+           "overhead. Native dumps are real.", ""] if data.get("native_restore_error") else []),
+        "## Targets",
+        "",
+        "| target | value | limit | met |",
+        "|---|---|---|---|",
+    ]
+    for t in data["targets"]:
+        value = "not measured" if t["value"] is None else f"{t['value']:.3f} {t['unit']}"
+        met = {True: "met", False: "**not met**", None: "-"}[t["met"]]
+        detail = f" ({t['detail']})" if t["detail"] else ""
+        lines.append(f"| {t['target']} | {value}{detail} | {t['limit']:g} {t['unit']} | {met} |")
+    titles = {"inproc": "In-process (one Python process, RPC)", "cmdline": "Command line (whole processes)"}
+    for group in ("inproc", "cmdline"):
+        rows = [r for r in data["rows"] if r["group"] == group]
+        if not rows:
+            continue
+        lines += ["", f"## {titles[group]}", "", "| op | N | path | median ms | min-max ms | ratio |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (r["op"] != "restore", r["n"], "(native" not in r["path"], r["path"])):
+            ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            lines.append(f"| {r['op']} | {r['n']} | {r['path']} | {r['median'] * 1e3:.1f} | "
+                         f"{r['min'] * 1e3:.1f}-{r['max'] * 1e3:.1f} | {ratio} |")
+    lines += ["", "## Hooks alone (the shim, outside CRIU)", "",
+              "| action | N | median ms | min-max ms | peak RSS MiB | runs |", "|---|---|---|---|---|---|"]
+    for h in data["hooks"]:
+        rss = "-" if h["rss_max"] is None else f"{h['rss_max'] / MiB:.1f}"
+        lines.append(f"| {h['action']} | {h['n']} | {h['median'] * 1e3:.2f} | {h['min'] * 1e3:.2f}-"
+                     f"{h['max'] * 1e3:.2f} | {rss} | {h['runs']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(data: dict[str, Any], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install -e .[bench]): no plot")
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, op in zip(axes, ("restore", "dump"), strict=True):
+        keys = sorted({(r["group"], r["path"]) for r in data["rows"] if r["op"] == op})
+        for group, name in keys:
+            rows = sorted((r for r in data["rows"] if (r["group"], r["path"], r["op"]) == (group, name, op)),
+                          key=lambda r: r["n"])
+            xs = [r["n"] for r in rows]
+            ys = [r["median"] for r in rows]
+            err = [[r["median"] - r["min"] for r in rows], [r["max"] - r["median"] for r in rows]]
+            style = "--" if "(native" in name else "-"
+            ax.errorbar(xs, ys, yerr=err, fmt=style + "o", capsize=3, label=f"{group}: {name}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("macvlans in the netns (N)")
+        ax.set_ylabel("seconds (median, min-max)")
+        ax.set_title(op)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    m = data["machine"]
+    fig.suptitle(f"criu-macvlan vs native CRIU {m['criu']} - {m['nproc']} CPUs, kernel {m['kernel']}, {data['date']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ----------------------------------------------------------------------- main
+
+
+def compile_package() -> None:
+    """Byte-compile criu_macvlan as ``pip install`` does: with PYTHONDONTWRITEBYTECODE set (as in
+    this project's shells), a checkout has no .pyc and every hook would compile its modules anew."""
+    import compileall
+
+    compileall.compile_dir(str(REPO / "criu_macvlan"), quiet=1)
+
+
+def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = True) -> dict[str, Any]:
+    compile_package()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # restored trees become ours to reap
+    samples: Sample = {}
+    hooks: dict[str, dict[str, HookStats]] = {}
+    native_error: str | None = None
+    started = time.monotonic()
+    lab = Lab()
+    previous = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        native_error = probe_native_restore(lab) if {"inproc", "cmdline"} & set(groups) else None
+        if native_error:
+            log(f"native CRIU cannot restore a macvlan here ({native_error}): native restores run on "
+                "images without the macvlan entries (a lower bound), links re-added untimed")
+        specs = path_specs(groups, native_error is None)
+        for n in ns:
+            run_chains(lab, specs, n, runs, warmup and n == ns[0], samples)
+        if "actions" in groups:
+            bench_hooks(lab, ns, runs, hooks)
+    finally:
+        lab.cleanup()
+        for s, h in previous.items():
+            signal.signal(s, h)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    hook_rows = [
+        {"action": label, "n": int(n), **summary(st.wall), "rss_max": max(st.rss, default=None), "wall": st.wall,
+         "rss": st.rss}
+        for label, by_n in hooks.items() for n, st in sorted(by_n.items(), key=lambda kv: int(kv[0]))
+    ]
+    data: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "config": {"ns": ns, "runs": runs, "groups": groups, "seconds": round(time.monotonic() - started, 1)},
+        "native_restore_error": native_error,
+        "targets": build_targets(samples, hooks),
+        "rows": build_rows(samples),
+        "hooks": hook_rows,
+        "samples": samples,
+    }
+    os.makedirs(out, exist_ok=True)
+    Path(out, "latest.json").write_text(json.dumps(data, indent=1) + "\n")
+    Path(out, "latest.md").write_text(render_md(data))
+    plot(data, os.path.join(out, "latest.png"))
+    return data
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="N=1,10 and 3 runs (smoke check)")
+    ap.add_argument("--smallest", action="store_true", help="N=1 and 1 run, no warm-up (the test suite's mode)")
+    ap.add_argument("-n", "--ns", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated N values")
+    ap.add_argument("-r", "--runs", type=int, help="runs per path")
+    ap.add_argument("-g", "--groups", default="inproc,cmdline,actions", help="inproc,cmdline,actions")
+    ap.add_argument("-o", "--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    ns, runs, warmup = [1, 10, 100, 1000], 5, True
+    if args.quick:
+        ns, runs = [1, 10], 3
+    if args.smallest:
+        ns, runs, warmup = [1], 1, False
+    ns, runs = args.ns or ns, args.runs or runs
+    if os.geteuid() != 0:
+        print("bench: needs root (namespaces, links, criu)", file=sys.stderr)
+        return 2
+    data = run(ns, runs, args.groups.split(","), args.out, warmup)
+    sys.stdout.write(render_md(data))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The benchmark harness in its smallest mode (N=1, one run): outputs exist and are well-formed.
+
+No timing assertions: speed is judged by ``make bench``, never by a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, link_names
+
+pytestmark = pytest.mark.integration
+
+sys.path.insert(0, str(REPO))
+
+
+def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
+    from benchmarks import bench
+
+    out = tmp_path / "results"
+    assert bench.main(["--smallest", "-o", str(out)]) == 0
+
+    data = json.loads((out / "latest.json").read_text())
+    assert {"date", "machine", "config", "targets", "rows", "hooks", "samples"} <= set(data)
+    assert {"nproc", "kernel", "cpu", "criu"} <= set(data["machine"])
+    assert data["config"]["ns"] == [1] and data["config"]["runs"] == 1
+    paths = {(r["group"], r["path"], r["op"]) for r in data["rows"]}
+    for op in ("dump", "restore"):
+        assert ("cmdline", "criu (native)", op) in paths
+        assert ("cmdline", "criu --action-script", op) in paths
+        assert ("inproc", "pycriu (native)", op) in paths
+    for row in data["rows"]:
+        assert row["n"] == 1 and row["runs"] == 1
+        assert 0 < row["min"] <= row["median"] <= row["max"]
+        if "(native" in row["path"]:
+            assert row["ratio"] == pytest.approx(1.0)
+    actions = {h["action"] for h in data["hooks"]}
+    assert {"pre-dump", "post-dump", "setup-namespaces"} <= actions
+    assert any(a.startswith("unhandled") for a in actions)
+    for target in data["targets"]:
+        assert target["met"] in (True, False, None)
+        assert (target["met"] is None) == (target["value"] is None)
+
+    md = (out / "latest.md").read_text()
+    assert md.startswith("# criu-macvlan vs native CRIU")
+    assert "## Targets" in md and "## Hooks alone" in md
+    assert data["machine"]["kernel"] in md
+
+    pytest.importorskip("matplotlib")
+    png = (out / "latest.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+    ours = f"bm{os.getpid() % 100000:05d}"  # the harness's veth names (bench.Lab.name)
+    assert not [name for name in link_names() if name.startswith(ours)]
