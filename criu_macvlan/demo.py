@@ -497,7 +497,7 @@ def criu_stats(images_dir: Path, kind: str) -> dict[str, int]:
     try:
         import pycriu.images
 
-        with open(images_dir / f"stats-{kind}.img", "rb") as f:
+        with open(images_dir / f"stats-{kind}", "rb") as f:
             entry: dict[str, int] = pycriu.images.load(f)["entries"][0][kind]
         return entry
     except (OSError, ImportError, KeyError, IndexError):
