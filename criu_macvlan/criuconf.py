@@ -94,6 +94,13 @@ def _read_config(path: str, opts: CriuOptions) -> None:
     _apply(opts, config_statements(data.decode("utf-8", "replace")))
 
 
+def read_config(path: str) -> CriuOptions:
+    """The options of one CRIU config file (e.g. an RPC ``config_file``); a missing file gives none."""
+    opts = CriuOptions()
+    _read_config(path, opts)
+    return opts
+
+
 def criu_pid_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:
     """CRIU's pid from ``CRTOOLS_IMAGE_DIR`` (``/proc/<criu>/fd/<n>``)."""
     parts = env.get("CRTOOLS_IMAGE_DIR", "").split("/")

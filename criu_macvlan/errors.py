@@ -55,9 +55,13 @@ class CriuError(CriuMacvlanError):
 
 
 class HookError(CriuMacvlanError):
-    """A plugin hook failed; carries the action and the plugin's message."""
+    """A plugin hook failed; carries the action and the plugin's message.
 
-    def __init__(self, action: str, message: str, exit_code: int = ExitCode.FAILED) -> None:
+    In RPC mode ``log_tail`` holds the end of CRIU's log after it aborted.
+    """
+
+    def __init__(self, action: str, message: str, exit_code: int = ExitCode.FAILED, log_tail: str = "") -> None:
         super().__init__(f"{action}: {message}")
         self.action = action
         self.exit_code = exit_code
+        self.log_tail = log_tail

@@ -1,0 +1,443 @@
+"""RPC driver: talk to ``criu swrk`` (or a ``criu service`` socket) and run the hooks in-process.
+
+Every request is sent with ``opts.notify_scripts = true``: CRIU then announces
+each action as a ``NOTIFY`` response and waits for our answer. The driver calls
+the same pluggy hooks as the action script (:class:`~criu_macvlan.manager.Hooks`,
+``Mode.RPC``), in this process, without a Python start-up per action, then the
+caller's :class:`Notify` callback, and answers ``notify_success``. A failure of
+either answers ``false``: CRIU aborts (a failed restore kills the half-restored
+tree, whose netns takes our links with it; a failed dump resumes the tree and
+sends ``network-unlock``, which is still dispatched) and the driver raises the
+first failure as a :class:`~criu_macvlan.errors.HookError` whose ``log_tail``
+holds the end of CRIU's log file.
+
+Decisions:
+
+* ``macvlan[IN]:OUT`` externals are **kept back** from CRIU's ``opts.external``;
+  they become the hooks' mappings. CRIU resolves the ``OUT`` of such a key with
+  ``if_nametoindex()`` in its own netns when it parses it and aborts if it is
+  missing, although the plugin, not CRIU, creates those links (the netdev entries
+  are ``EXTLINK``) and resolves the parents itself. Every other external passes
+  through untouched.
+* Ordering: for every action the registered plugins (the built-in macvlan plugin
+  first) run before the caller's :class:`Notify` method, so a callback sees our
+  work done: the committed ``macvlan.img`` in ``post_dump`` (ship the images from
+  there), the recreated links in ``setup_namespaces``. When a plugin fails the
+  callback is not called for that action.
+* ``pid``: the dumped pid on dump; on restore the ``notify.pid`` CRIU sends with
+  ``setup-namespaces`` (and ``post-restore``), remembered for later actions.
+* ``empty_ns``: ``True``/``False`` from ``opts.empty_ns & CLONE_NEWNET``; ``None``
+  (plugins decide from the images) when a ``config_file`` could have set it.
+* Pre-dumps send no notifications; iterative migration works as usual
+  (``parent_img``/``track_mem``), the sidecar is written by the final dump.
+* CRIU >= 3.19 also runs ``action-script`` entries of its config files after each
+  notification, so the hooks may see an action twice: they are idempotent.
+
+``import pycriu`` loads every CRIU image schema (~100 ms): it happens on the
+first request, not on ``import criu_macvlan.rpc``.
+"""
+
+from __future__ import annotations
+
+import array
+import importlib
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import mappings as mapmod
+from .context import ActionContext, ImagesDir, Mode
+from .errors import CriuError, CriuMacvlanError, ExitCode, HookError, UsageError
+
+if TYPE_CHECKING:
+    from .manager import Hooks
+
+CLONE_NEWNET = 0x40000000
+DEFAULT_LOG_FILE = "criu.log"  # CRIU's DEFAULT_LOG_FILENAME in RPC mode
+LOG_TAIL_LINES = 15
+MAX_MSG = 1 << 16  # CRIU's own messages stay below 1 KiB
+MAX_FDS = 16
+
+log = logging.getLogger("criu_macvlan")
+
+
+class Notify:
+    """Callbacks next to the plugins' hooks, go-criu style; subclass and override.
+
+    Each method runs after the registered plugins handled the same action. Raise
+    (preferably :class:`~criu_macvlan.errors.CriuMacvlanError`) to make CRIU
+    abort; the exception surfaces from the driver call as a ``HookError``.
+    """
+
+    def pre_dump(self) -> None: ...
+    def post_dump(self) -> None: ...
+    def pre_restore(self) -> None: ...
+    def post_restore(self, pid: int) -> None: ...
+    def network_lock(self) -> None: ...
+    def network_unlock(self) -> None: ...
+    def setup_namespaces(self, pid: int) -> None: ...
+    def post_setup_namespaces(self) -> None: ...
+    def pre_resume(self) -> None: ...
+    def post_resume(self) -> None: ...
+
+
+_WITH_PID = ("setup-namespaces", "post-restore")
+
+
+def call_notify(notify: Notify, action: str, pid: int | None) -> None:
+    """Call ``notify``'s method for ``action`` (actions it has no method for are ignored)."""
+    name = action.replace("-", "_")
+    if name not in Notify.__dict__:
+        return
+    method = getattr(notify, name)
+    if action in _WITH_PID:
+        method(pid if pid is not None else 0)
+    else:
+        method()
+
+
+def _pb() -> Any:
+    import pycriu.rpc_pb2 as rpc_pb2  # heavy: pycriu/__init__ loads every image schema
+
+    return rpc_pb2
+
+
+def tail_of_log(dir_fd: int, name: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of ``name`` in directory ``dir_fd`` ('' if unreadable)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return ""
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, 16384, max(0, size - 16384))
+    finally:
+        os.close(fd)
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+
+
+# ------------------------------------------------------------- options
+
+
+def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
+    """Set ``criu_opts`` fields by name: scalars, enum names, repeated fields, dict messages."""
+    from google.protobuf import json_format
+
+    fields = opts.DESCRIPTOR.fields_by_name
+    for key, value in values.items():
+        if value is None:
+            continue
+        fd = fields.get(key)
+        if fd is None:
+            raise UsageError(f"unknown CRIU option {key!r} (not a criu_opts field)")
+        try:
+            if fd.label == fd.LABEL_REPEATED:
+                items: list[Any] = [value] if isinstance(value, str | dict) else list(value)
+                target = getattr(opts, key)
+                for item in items:
+                    if fd.message_type is not None:
+                        json_format.ParseDict(item, target.add())
+                    else:
+                        target.append(item)
+            elif fd.message_type is not None:
+                json_format.ParseDict(value, getattr(opts, key))
+            elif fd.enum_type is not None and isinstance(value, str):
+                setattr(opts, key, fd.enum_type.values_by_name[value.upper()].number)
+            else:
+                setattr(opts, key, value)
+        except (TypeError, ValueError, KeyError, json_format.ParseError) as exc:
+            raise UsageError(f"bad value {value!r} for CRIU option {key!r}: {exc}") from exc
+
+
+class _Request:
+    """One request: the opened images dir, the opts, the hook context it implies."""
+
+    def __init__(self, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None) -> None:
+        values = dict(opts)
+        self.images = _open_dir(images_dir)
+        self.work: int | None = None
+        try:
+            work_dir = values.pop("work_dir", None)
+            if work_dir is not None:
+                self.work = _open_dir(work_dir).fd
+            empty_ns_net = bool(values.pop("empty_ns_net", False))
+            externals = list(values.pop("external", None) or [])
+            self.opts = _pb().criu_opts()
+            self.opts.images_dir_fd = self.images.fd
+            if self.work is not None:
+                self.opts.work_dir_fd = self.work
+            set_opts(self.opts, values)
+            if empty_ns_net:
+                self.opts.empty_ns |= CLONE_NEWNET
+            self.opts.notify_scripts = True
+            kept = [k for k in externals if mapmod.is_macvlan_external(k)]
+            self.opts.external.extend(k for k in externals if not mapmod.is_macvlan_external(k))
+            self.externals = externals
+            self.mappings = mapmod.merge(
+                (mapmod.parse_mapping(k) for k in kept), mapmod.merge((mappings or {}).items())
+            )
+            self.empty_ns: bool | None = bool(self.opts.empty_ns & CLONE_NEWNET)
+            if self.opts.HasField("config_file"):
+                self._add_config_file(self.opts.config_file)
+        except BaseException:
+            self.close()
+            raise
+        self.pid: int | None = self.opts.pid if self.opts.HasField("pid") else None
+        self.state: dict[str, Any] = {}
+
+    def _add_config_file(self, path: str) -> None:
+        from . import criuconf
+
+        conf = criuconf.read_config(path)
+        self.externals.extend(conf.externals)
+        self.mappings = mapmod.merge(conf.mappings.items(), self.mappings)
+        if conf.empty_ns_net:
+            self.empty_ns = True
+        elif not self.empty_ns:
+            self.empty_ns = None  # the file may say what we cannot see: let the plugins decide
+
+    def context(self, action: str, pid: int | None) -> ActionContext:
+        if pid is not None and pid > 0:
+            self.pid = pid
+        return ActionContext(
+            action=action,
+            mode=Mode.RPC,
+            images=self.images,
+            pid=self.pid,
+            mappings=dict(self.mappings),
+            externals=list(self.externals),
+            empty_ns=self.empty_ns,
+            log=log,
+            state=self.state,
+        )
+
+    def log_tail(self) -> str:
+        name = self.opts.log_file if self.opts.HasField("log_file") else DEFAULT_LOG_FILE
+        return tail_of_log(self.work if self.work is not None else self.images.fd, name)
+
+    def close(self) -> None:
+        if self.work is not None:
+            os.close(self.work)
+            self.work = None
+        if getattr(self, "images", None) is not None:
+            self.images.close()
+
+
+def _open_dir(path: str) -> ImagesDir:
+    try:
+        return ImagesDir.open(path)
+    except OSError as exc:
+        raise UsageError(f"cannot open directory {path}: {exc.strerror}") from exc
+
+
+# ------------------------------------------------------------ the driver
+
+
+class Criu:
+    """A CRIU RPC client whose notifications run criu-macvlan's hooks in-process."""
+
+    def __init__(
+        self,
+        criu_bin: str = "criu",
+        *,
+        service_socket: str | None = None,
+        hooks: Hooks | None = None,
+        notify: Notify | None = None,
+        disable: Iterable[str] = (),
+    ) -> None:
+        self.criu_bin = criu_bin
+        self.service_socket = service_socket
+        self.notify = notify
+        self._hooks = hooks
+        self._disable = list(disable)
+
+    @property
+    def hooks(self) -> Hooks:
+        if self._hooks is None:
+            from .manager import plugin_manager
+
+            self._hooks = plugin_manager(self._disable)
+        return self._hooks
+
+    # ---------------------------------------------------------- requests
+
+    def dump(self, pid: int, images_dir: str, **opts: Any) -> None:
+        """Dump the tree of ``pid`` into ``images_dir``; CRIU's options as keywords."""
+        self._image_request("DUMP", images_dir, {**opts, "pid": pid}, None)
+
+    def pre_dump(self, pid: int, images_dir: str, **opts: Any) -> None:
+        """Pre-dump the memory of ``pid`` (iterative migration; no notifications)."""
+        self._image_request("PRE_DUMP", images_dir, {**opts, "pid": pid}, None)
+
+    def restore(self, images_dir: str, mappings: Mapping[str, str] | None = None, **opts: Any) -> int:
+        """Restore from ``images_dir``; return the restored root pid."""
+        resp = self._image_request("RESTORE", images_dir, opts, mappings)
+        return int(resp.restore.pid)
+
+    def check(self) -> None:
+        """CRIU's kernel check (``criu check``); raises :class:`CriuError` with CRIU's log if it fails.
+
+        CRIU's check child writes to its log, and fails without one (swrk has no
+        stderr): it gets a log file in a temporary directory.
+        """
+        import tempfile
+
+        rpc = _pb()
+        with tempfile.TemporaryDirectory(prefix="criu-macvlan-check-") as tmp:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                req = rpc.criu_req(type=rpc.CHECK)
+                req.opts.images_dir_fd = fd
+                req.opts.log_file = "check.log"
+                try:
+                    self._simple(req)
+                except CriuError as exc:
+                    exc.log_tail = tail_of_log(fd, "check.log")
+                    raise
+            finally:
+                os.close(fd)
+
+    def version(self) -> str:
+        """CRIU's version, e.g. ``4.1.1`` (plus the git id if CRIU has one)."""
+        rpc = _pb()
+        v = self._simple(rpc.criu_req(type=rpc.VERSION)).version
+        text = f"{v.major_number}.{v.minor_number}"
+        if v.HasField("sublevel"):
+            text += f".{v.sublevel}"
+        if v.HasField("gitid"):
+            text += f" ({v.gitid})"
+        return text
+
+    # ---------------------------------------------------------- plumbing
+
+    def _connect(self) -> tuple[Any, socket.socket]:
+        # pycriu/__init__ star-imports the class ``criu`` over its module ``criu``
+        pycriu_criu = importlib.import_module("pycriu.criu")
+        comm: Any
+        if self.service_socket is not None:
+            comm = pycriu_criu._criu_comm_sk(self.service_socket)
+        else:
+            path = shutil.which(self.criu_bin)
+            if path is None:
+                raise CriuError(f"criu binary {self.criu_bin!r} not found")
+            comm = pycriu_criu._criu_comm_bin(path)
+        try:
+            sk = comm.connect(False)
+        except OSError as exc:
+            where = self.service_socket or self.criu_bin
+            raise CriuError(f"cannot connect to criu ({where}): {exc.strerror or exc}") from exc
+        return comm, sk
+
+    def _simple(self, req: Any) -> Any:
+        comm, sk = self._connect()
+        try:
+            sk.send(req.SerializeToString())
+            resp = _recv(sk)
+        finally:
+            comm.disconnect()
+        if resp is None:
+            raise CriuError(f"criu {_req_name(req)}: criu closed the connection")
+        if not resp.success:
+            raise CriuError(f"criu {_req_name(req)} failed: {_resp_error(resp)}")
+        return resp
+
+    def _image_request(
+        self, kind: str, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None
+    ) -> Any:
+        rpc = _pb()
+        request = _Request(images_dir, opts, mappings)
+        try:
+            req = rpc.criu_req(type=getattr(rpc, kind), opts=request.opts)
+            comm, sk = self._connect()
+            try:
+                resp, failure = self._converse(sk, req, request)
+            finally:
+                comm.disconnect()
+            name = _req_name(req)
+            if failure is not None:
+                failure.log_tail = request.log_tail()
+                raise failure
+            if resp is None:
+                tail = request.log_tail()
+                raise CriuError(f"criu {name}: criu closed the connection{_last_error(tail)}", tail)
+            if not resp.success:
+                tail = request.log_tail()
+                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}", tail)
+            return resp
+        finally:
+            request.close()
+
+    def _converse(self, sk: socket.socket, req: Any, request: _Request) -> tuple[Any, HookError | None]:
+        """Send ``req``, answer every NOTIFY, return CRIU's final response and the first failure."""
+        rpc = _pb()
+        sk.send(req.SerializeToString())
+        failure: HookError | None = None
+        while True:
+            resp = _recv(sk)
+            if resp is None or resp.type != rpc.NOTIFY:
+                return resp, failure
+            action = resp.notify.script
+            pid = resp.notify.pid if resp.notify.HasField("pid") else None
+            error = self.on_notify(request, action, pid)
+            if error is not None and failure is None:
+                failure = error
+            sk.send(rpc.criu_req(type=rpc.NOTIFY, notify_success=error is None).SerializeToString())
+
+    def on_notify(self, request: _Request, action: str, pid: int | None) -> HookError | None:
+        """Run one action through the plugins, then the caller's callback; return the failure."""
+        ctx = request.context(action, pid)
+        try:
+            self.hooks.run(ctx)
+            if self.notify is not None:
+                call_notify(self.notify, action, ctx.pid)
+        except HookError as exc:
+            log.debug("%s failed: %s", action, exc)
+            return exc
+        except CriuMacvlanError as exc:
+            return HookError(action, str(exc), exc.exit_code)
+        except Exception as exc:
+            return HookError(action, f"callback failed: {type(exc).__name__}: {exc}", ExitCode.FAILED)
+        return None
+
+
+def _recv(sk: socket.socket) -> Any:
+    """One CRIU response, or ``None`` at end of connection; fds CRIU passes along are closed."""
+    rpc = _pb()
+    fds = array.array("i")
+    try:
+        data, ancdata, flags, _ = sk.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    except ConnectionResetError:
+        return None
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+    for fd in fds:
+        os.close(fd)  # orphan-pts-master: a pty we do not use
+    if not data:
+        return None
+    if flags & socket.MSG_TRUNC:
+        raise CriuError(f"criu sent a message larger than {MAX_MSG} bytes")
+    resp = rpc.criu_resp()
+    resp.ParseFromString(data)
+    return resp
+
+
+def _req_name(req: Any) -> str:
+    return str(_pb().criu_req_type.Name(req.type)).lower().replace("_", "-")
+
+
+def _resp_error(resp: Any) -> str:
+    if resp.HasField("cr_errmsg") and resp.cr_errmsg:
+        return str(resp.cr_errmsg)
+    if resp.HasField("cr_errno") and resp.cr_errno:
+        return f"{os.strerror(resp.cr_errno)} (errno {resp.cr_errno})"
+    return "see CRIU's log"
+
+
+def _last_error(tail: str) -> str:
+    """`` (CRIU: <its last error line>)`` from a log tail, or ''."""
+    errors = [line for line in tail.splitlines() if line.startswith("Error (")]
+    return f" (CRIU: {errors[-1]})" if errors else ""
