@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import importlib
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import images
+from . import images, rpc
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .context import ActionContext, ImagesDir, Mode
@@ -252,6 +251,9 @@ def start_service(python: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def gone(pid: int) -> bool:
+    """True once ``pid`` is dead (a zombie child of ours is reaped on the way)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, ProcessLookupError):
@@ -263,8 +265,6 @@ def kill_and_wait(pid: int, timeout: float = 5.0) -> None:
     """SIGKILL a process tree root we started (or restored) and wait until it is gone."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
     deadline = time.monotonic() + timeout
     while not gone(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -366,13 +366,22 @@ def connect(client_fd: int) -> socket.socket:
 # -------------------------------------------------------------------- criu
 
 
+Announce = Callable[[int], None]
+
+
 @dataclass
 class Criu:
-    """How the demo runs CRIU: ``dump(pid, dir)`` and ``restore(dir, mappings) -> pid``."""
+    """How the demo runs CRIU.
+
+    ``dump(pid, dir)``; ``restore(dir, mappings, announce) -> pid`` calls
+    ``announce(pid)`` once the restored NIC is configured (the RPC path from its
+    ``post_restore`` notification, before the service resumes; the CLI path when
+    criu returns).
+    """
 
     name: str
     dump: Callable[[int, Path], None]
-    restore: Callable[[Path, dict[str, str]], int]
+    restore: Callable[[Path, dict[str, str], Announce], int]
 
 
 def action_script() -> str:
@@ -463,31 +472,42 @@ def criu_cli(criu_bin: str, env: dict[str, str]) -> Criu:
     def dump(pid: int, images_dir: Path) -> None:
         run(["dump", "-t", str(pid)], images_dir, "dump.log")
 
-    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
+    def restore(images_dir: Path, mappings: dict[str, str], announce: Announce) -> int:
         pidfile = images_dir / "restored.pid"
         externals = [f"--external=macvlan[{k}]:{v}" for k, v in mappings.items()]
         run(["restore", "-d", "--pidfile", str(pidfile), *externals], images_dir, "restore.log")
-        return int(pidfile.read_text())
+        pid = int(pidfile.read_text())
+        announce(pid)
+        return pid
 
     return Criu("cli", dump, restore)
 
 
+class _Announcer(rpc.Notify):
+    """Our own callback next to the plugin's hooks: announce the MAC as soon as the NIC is back."""
+
+    def __init__(self) -> None:
+        self.announce: Announce | None = None
+
+    def post_restore(self, pid: int) -> None:
+        if self.announce is not None:
+            self.announce(pid)
+
+
 def criu_rpc(criu_bin: str, env: dict[str, str]) -> Criu:
     """criu-macvlan's RPC driver: CRIU's notifications run the plugin hooks in this process."""
-    try:
-        rpc = importlib.import_module("criu_macvlan.rpc")
-    except ImportError as exc:
-        raise DemoError(f"the RPC driver is not available ({exc}); use --path cli") from exc
-    driver = rpc.Criu(criu_bin=criu_bin)
+    notify = _Announcer()
+    driver = rpc.Criu(criu_bin=criu_bin, notify=notify)
 
     def dump(pid: int, images_dir: Path) -> None:
         with environ(env):
             driver.dump(pid, str(images_dir), tcp_established=True, log_file="dump.log", log_level=4)
 
-    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
+    def restore(images_dir: Path, mappings: dict[str, str], announce: Announce) -> int:
+        notify.announce = announce
         with environ(env):
-            return int(driver.restore(str(images_dir), mappings, tcp_established=True,
-                                      log_file="restore.log", log_level=4))
+            return driver.restore(str(images_dir), mappings, tcp_established=True,
+                                  log_file="restore.log", log_level=4)
 
     return Criu("rpc", dump, restore)
 
@@ -650,13 +670,21 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         step(f"[5/6] restore on host B: macvlan[{IFNAME}]:{lab.nic_b}")
         check(images_dir, mappings)
         t0 = time.monotonic()
-        new_pid = criu.restore(images_dir, mappings)
+        announced: list[str] = []
+
+        def announce_moved(pid: int) -> None:
+            announce(pid, service_nic(pid))
+            announced.append(f"{time.monotonic() - t0:.3f}")
+
+        new_pid = criu.restore(images_dir, mappings, announce_moved)
         report.restore_ms = _ms(time.monotonic() - t0)
         report.pids.append(new_pid)
         cleanup.callback(kill_and_wait, new_pid)
+        if not announced:
+            raise DemoError("the restored service's MAC was never announced")
+        when = "from the post-restore notification" if criu.name == "rpc" else "after criu returned"
+        detail(f"restored as pid {new_pid} in {report.restore_ms} ms; gratuitous ARP from host B {when}")
         after = service_nic(new_pid)
-        announce(new_pid, after)
-        detail(f"restored as pid {new_pid} in {report.restore_ms} ms; gratuitous ARP sent from host B")
         verify(after, before, lab.nic_index(lab.nic_b), lab.nic_b)
 
         client.wait_for(last_before + AFTER, REPLY_TIMEOUT + 10)
