@@ -583,7 +583,8 @@ class Report:
     dump_ms: float = 0.0
     restore_ms: float = 0.0
     downtime_ms: float = 0.0
-    images_dir: str = ""
+    workdir: str = ""  # images, logs, the compat shim; removed unless --keep
+    images_dir: str = ""  # set when kept
     error: str = ""
 
 
@@ -620,6 +621,7 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
     cleanup = contextlib.ExitStack()
     with cleanup:
         workdir = Path(tempfile.mkdtemp(prefix="criu-macvlan-demo."))
+        report.workdir = str(workdir)
         if keep:
             report.images_dir = str(workdir)
         else:
