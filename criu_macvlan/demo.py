@@ -202,10 +202,13 @@ def service_nic(pid: int) -> pb.macvlan_link:
 
 
 def announce(pid: int, link: pb.macvlan_link) -> None:
-    """Send a gratuitous ARP from the service's NIC, so the switch learns its MAC's new port.
+    """Send a gratuitous ARP from the service's NIC: the switch learns that its MAC is behind host B now.
 
-    Until then the switch still forwards the MAC to host A's port, where nothing
-    answers any more (a real migration does the same: QEMU, keepalived, ...).
+    Until the switch sees a frame from that MAC on host B's port it forwards the
+    MAC's frames to host A's port, where nothing answers any more. The restored
+    link usually gives itself away soon (IPv6 neighbour discovery when it comes
+    up, TCP's window probe when CRIU ends repair mode), but a migration should
+    not rely on that: it announces the MAC, as QEMU and keepalived do.
     """
     from . import netlink as nl
 
