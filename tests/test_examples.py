@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,12 @@ def test_rpc_notify_script_reports_failure(net: Net, procs: Procs, images: Path)
 
 
 @pytest.fixture
-def logger_plugin(tmp_path: Path) -> dict[str, str]:
-    """examples/plugin-logger pip-installed into a throwaway directory; the env that makes it visible."""
+def logger_plugin(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """examples/plugin-logger pip-installed into a throwaway directory; the env that makes it visible.
+
+    Afterwards the venv's handled-actions cache (which the action script wrote
+    while the plugin was visible) is rewritten without it.
+    """
     target = tmp_path / "site"
     res = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
@@ -108,7 +113,9 @@ def logger_plugin(tmp_path: Path) -> dict[str, str]:
     )
     assert res.returncode == 0, res.stderr
     log = tmp_path / "actions.log"
-    return {**os.environ, "PYTHONPATH": str(target), "CRIU_MACVLAN_LOGGER_FILE": str(log)}
+    yield {**os.environ, "PYTHONPATH": str(target), "CRIU_MACVLAN_LOGGER_FILE": str(log)}
+    code = "from criu_macvlan.manager import plugin_manager as p, write_actions_cache as w; w(p())"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_plugin_logger_is_discovered(logger_plugin: dict[str, str]) -> None:
