@@ -161,12 +161,29 @@ def _addr(ip: str) -> pb.macvlan_addr:
     return pb.macvlan_addr(family=socket.AF_INET, address=socket.inet_aton(ip), prefixlen=PREFIX)
 
 
+def quiet_ipv6() -> None:
+    """Disable IPv6 in the current netns (the service's; it is IPv4 only).
+
+    Otherwise the restored NIC speaks up as soon as CRIU sets it up (IPv6 DAD and
+    MLD) and the switch moves the MAC to host B's port early. CRIU restores the
+    addresses before the iptables rules that lock the connection (criu/net.c,
+    prepare_net_ns_second_stage), so a client retransmission arriving in that
+    window finds the address but no socket and no lock, and is answered with a
+    RST. Kept quiet, the MAC moves when the demo announces it (see announce()).
+    """
+    for conf in ("all", "default"):
+        with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w", encoding="ascii") as f:
+            f.write("1")
+
+
 def give_service_a_nic(pid: int, parent: str) -> None:
     """A macvlan on ``parent`` inside the service's netns: fixed MAC and IP, default route via the client."""
     from . import netlink as nl
 
     target = nsutil.open_of_pid(pid)
     try:
+        with nl.entered(target):  # IPv4 only: see quiet_ipv6()
+            quiet_ipv6()
         link = pb.macvlan_link(
             name=IFNAME, ifindex=0, mode=4, address=nl.mac_to_bytes(SERVICE_MAC), mtu=1500, link_flags=0
         )
@@ -703,6 +720,8 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         step(f"[6/6] the same connection went on: messages 1..{n} answered in order, none lost or repeated, "
              f"service state kept (count {client.replies[-1].count}, total {client.replies[-1].total}); "
              f"the client waited {client.waits} times on its socket, never reconnected")
+        detail(f"the client's longest wait for a reply: {report.downtime_ms} ms (the service's downtime, "
+               "rounded up to the client's next TCP retransmission)")
         wait_exit(new_pid)
 
 
