@@ -719,7 +719,7 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         n = len(client.replies)
         step(f"[6/6] the same connection went on: messages 1..{n} answered in order, none lost or repeated, "
              f"service state kept (count {client.replies[-1].count}, total {client.replies[-1].total}); "
-             f"the client waited {client.waits} times on its socket, never reconnected")
+             f"the client waited {client.waits}x on its socket for a late reply, never reconnected")
         detail(f"the client's longest wait for a reply: {report.downtime_ms} ms (the service's downtime, "
                "rounded up to the client's next TCP retransmission)")
         wait_exit(new_pid)
