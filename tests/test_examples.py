@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,9 +106,10 @@ def logger_plugin(tmp_path: Path) -> Iterator[dict[str, str]]:
     while the plugin was visible) is rewritten without it.
     """
     target = tmp_path / "site"
+    source = shutil.copytree(EXAMPLES / "plugin-logger", tmp_path / "plugin-logger")  # builds leave files behind
     res = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(EXAMPLES / "plugin-logger")],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, check=False,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
