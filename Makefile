@@ -15,8 +15,8 @@ test: setup                 ## the whole suite (unit + integration with the real
 unit: setup                 ## unit tests only (no root needed)
 	$(PYTEST) -q -m 'not integration'
 
-demo: setup                 ## the live-migration demo
-	$(PY) -m criu_macvlan.demo
+demo: setup                 ## the live-migration demo (DEMO_ARGS='--path cli --keep' ...)
+	$(PY) -m criu_macvlan.demo $(DEMO_ARGS)
 
 proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from images/macvlan.proto
 	protoc --proto_path=. --python_out=build/proto images/macvlan.proto || \

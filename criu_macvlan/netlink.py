@@ -572,3 +572,51 @@ def describe_link(msg: Any) -> dict[str, Any]:
         "link": msg.get_attr("IFLA_LINK"),
         "master": msg.get_attr("IFLA_MASTER"),
     }
+
+
+# ------------------------------------------------------------------ lab links
+# Veth pairs and bridges for simulated hosts (the demo); the plugin never makes these.
+
+
+def _new_link(rtnl: Rtnl, attrs: list[tuple[str, Any]], what: str) -> None:
+    msg = ifinfmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["attrs"] = attrs
+    try:
+        rtnl._request(msg, RTM_NEWLINK, NLM_F_NEW)
+    except _PyrNetlinkError as exc:
+        raise NetlinkError(f"cannot create {what}: {_errmsg(exc)}") from exc
+
+
+def add_veth(rtnl: Rtnl, name: str, peer: str, peer_netns_fd: int | None = None) -> None:
+    """A veth pair: ``name`` in ``rtnl``'s netns, ``peer`` in ``peer_netns_fd`` (default: the same)."""
+    peer_attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", peer)]
+    if peer_netns_fd is not None:
+        peer_attrs.append(("IFLA_NET_NS_FD", peer_netns_fd))
+    data = {"attrs": [("VETH_INFO_PEER", {"attrs": peer_attrs})]}
+    info = {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", data)]}
+    _new_link(rtnl, [("IFLA_IFNAME", name), ("IFLA_LINKINFO", info)], f"veth {name}/{peer}")
+
+
+def add_bridge(rtnl: Rtnl, name: str) -> None:
+    info = {"attrs": [("IFLA_INFO_KIND", "bridge")]}
+    _new_link(rtnl, [("IFLA_IFNAME", name), ("IFLA_LINKINFO", info)], f"bridge {name}")
+
+
+def index_of(rtnl: Rtnl, name: str) -> int:
+    msg = rtnl.link(name=name)
+    if msg is None:
+        raise NetlinkError(f"no link {name!r}")
+    return int(msg["index"])
+
+
+def set_master(rtnl: Rtnl, name: str, master: str) -> None:
+    """Enslave link ``name`` to the bridge ``master`` (both in ``rtnl``'s netns)."""
+    msg = ifinfmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["index"] = index_of(rtnl, name)
+    msg["attrs"] = [("IFLA_MASTER", index_of(rtnl, master))]
+    try:
+        rtnl._request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
+    except _PyrNetlinkError as exc:
+        raise NetlinkError(f"cannot put {name} into {master}: {_errmsg(exc)}") from exc
