@@ -51,7 +51,11 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
     path = env.get("CRTOOLS_IMAGE_DIR", "")
     if not path:
         raise CriuMacvlanError("CRTOOLS_IMAGE_DIR is not set")
-    images = ImagesDir.open(path)
+    try:
+        images = ImagesDir.open(path)
+    except OSError:
+        # CRIU closes the images dir before post-resume: late hooks get no fd.
+        images = ImagesDir(fd=-1, path=path)
     try:
         criu_pid = criuconf.criu_pid_from_env(env) or os.getppid()
         opts = criuconf.load_for_criu(criu_pid)
@@ -68,7 +72,8 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
         )
         hooks.run(ctx)
     finally:
-        images.close()
+        if images.fd >= 0:
+            images.close()
     return ExitCode.OK
 
 

@@ -18,7 +18,10 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True)
 class ImagesDir:
-    """The CRIU images directory: an open directory fd (use it) and a path (show it)."""
+    """The CRIU images directory: an open directory fd (use it) and a path (show it).
+
+    ``fd`` is -1 when CRIU no longer holds the directory open (``post-resume``).
+    """
 
     fd: int
     path: str

@@ -38,7 +38,6 @@ from types import FrameType
 from . import images, rpc
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
-from .context import ActionContext, ImagesDir, Mode
 from .errors import CriuError, CriuMacvlanError
 
 CLONE_NEWNET = 0x40000000
@@ -548,8 +547,8 @@ def criu_stats(images_dir: Path, kind: str) -> dict[str, int]:
 
 
 def show(images_dir: Path) -> list[pb.macvlan_link]:
-    """The sidecar CRIU's post-dump hook wrote, as a short table."""
-    from .netlink import mac_to_str
+    """The sidecar CRIU's post-dump hook wrote, as ``criu-macvlan show`` prints it."""
+    from .render import table
 
     fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -558,34 +557,22 @@ def show(images_dir: Path) -> list[pb.macvlan_link]:
         os.close(fd)
     if sidecar is None:
         raise DemoError(f"the dump wrote no {images.SIDECAR}: the action script did not run")
-    detail(f"{images.SIDECAR} (dumped on {sidecar.head.hostname or '?'}):")
-    detail(f"  {'link':6} {'ifindex':>7}  {'mac':17}  {'mode':6} {'mtu':>5}  {'parent at dump':14}  addresses")
-    modes = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
-    for link in sidecar.links:
-        addrs = ", ".join(f"{socket.inet_ntop(a.family, a.address)}/{a.prefixlen}" for a in link.addrs)
-        detail(f"  {link.name:6} {link.ifindex:>7}  {mac_to_str(link.address):17}  "
-               f"{modes.get(link.mode, str(link.mode)):6} {link.mtu:>5}  {link.parent.name or '?':14}  {addrs}")
+    for line in table(sidecar).splitlines():
+        detail(line)
     return list(sidecar.links)
 
 
 def check(images_dir: Path, mappings: dict[str, str]) -> None:
-    """Would a restore with ``mappings`` work on this host? (parents exist, are up, MTU fits)."""
-    from .netlink import Rtnl
-    from .plugin import _resolve_parents, plan_restore
+    """``criu-macvlan check``: would a restore with ``mappings`` work on this host?"""
+    from .preflight import check as preflight
 
-    fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        sidecar = images.load(fd)
-        if sidecar is None:
-            raise DemoError(f"no {images.SIDECAR} in {images_dir}")
-        ctx = ActionContext(action="check", mode=Mode.RPC, images=ImagesDir(fd, str(images_dir)), mappings=mappings)
-        plan = plan_restore(sidecar, mappings, ctx)
-        with Rtnl(None) as host:
-            _resolve_parents(host, plan)
-    finally:
-        os.close(fd)
-    for item in plan:
-        detail(f"check: {item.link.name} -> {item.parent} (ifindex {item.parent_index}): up, MTU fits: ok")
+    report = preflight(str(images_dir), mappings)
+    for warning in report.warnings:
+        detail(f"check: warning: {warning}")
+    if report.problems:
+        raise DemoError("check: " + "; ".join(report.problems))
+    targets = ", ".join(f"{name} -> {parent}" for name, parent in mappings.items())
+    detail(f"check: ok: {report.links} macvlan link(s) can be restored here ({targets})")
 
 
 # -------------------------------------------------------------------- run

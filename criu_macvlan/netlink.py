@@ -113,9 +113,6 @@ def _extend_macvlan_attrs() -> None:
     )
     if len(macvx_data.nla_map) == 7 and not names & {n for n, _ in extra}:
         macvx_data.nla_map = tuple(macvx_data.nla_map) + extra
-    # Keep mode and flags numeric: the sidecar stores the kernel's values.
-    macvx_data.mode.value_map = {}
-    macvx_data.flags.value_map = {}
 
 
 _extend_macvlan_attrs()
@@ -413,13 +410,23 @@ def link_kind(msg: Any) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
+def _numeric(value: Any, atom: Any) -> int:
+    """The kernel's number for a value pyroute2 decoded through its ``value_map`` (e.g. ``"bridge"``).
+
+    pyroute2's maps are left as they are: other pyroute2 users may share this process.
+    """
+    if isinstance(value, str):
+        return int(next(k for k, v in atom.value_map.items() if v == value))
+    return int(value)
+
+
 def to_macvlan(msg: Any) -> pb.macvlan_link:
     """Convert an RTM_NEWLINK message of a macvlan into a sidecar entry (without L3)."""
     data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
     link = pb.macvlan_link(
         name=msg.get_attr("IFLA_IFNAME"),
         ifindex=msg["index"],
-        mode=data.get_attr("IFLA_MACVLAN_MODE") if data is not None else 0,
+        mode=_numeric(data.get_attr("IFLA_MACVLAN_MODE"), macvx_data.mode) if data is not None else 0,
         address=mac_to_bytes(msg.get_attr("IFLA_ADDRESS")),
         mtu=msg.get_attr("IFLA_MTU"),
         link_flags=msg["flags"],
@@ -427,7 +434,7 @@ def to_macvlan(msg: Any) -> pb.macvlan_link:
     if data is not None:
         flags = data.get_attr("IFLA_MACVLAN_FLAGS")
         if flags is not None:
-            link.flags = flags
+            link.flags = _numeric(flags, macvx_data.flags)
         for attr, fld in (("IFLA_MACVLAN_BC_QUEUE_LEN", "bc_queue_len"), ("IFLA_MACVLAN_BC_CUTOFF", "bc_cutoff")):
             value = data.get_attr(attr)
             if value is not None:

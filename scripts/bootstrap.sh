@@ -1,7 +1,8 @@
 #!/bin/sh
 # Bootstrap a Debian 12 box (as root) for criu-macvlan, idempotently:
 # criu 4.1.1 + python3-pycriu from Debian trixie (pinned low), iptables, iproute2,
-# runc + busybox-static (the user-namespace container tests),
+# runc + busybox-static (the user-namespace container tests), gcc (the criu < 4.2
+# socket-option shim, scripts/criu-sockopt-compat.c),
 # and a .venv built from the system python with the project installed editable.
 set -eu
 cd "$(dirname "$0")/.."
@@ -13,12 +14,15 @@ criu_ok() {
     dpkg --compare-versions "${v:-0}" ge 3.19 || return 1
     [ -d /usr/lib/python3/dist-packages/pycriu ] || return 1
 }
-for bin in iptables ip unshare setsid runc; do
+for bin in iptables ip unshare setsid runc cc; do
     command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
 criu_ok || need_apt=1
 dpkg -s busybox-static >/dev/null 2>&1 || need_apt=1  # a static busybox: the test containers' rootfs
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt=1
+# trixie's python3-pycriu brings python3 3.13; its venv needs trixie's pip wheel (bookworm's fails)
+whl=$(dpkg-query -W -f='${Version}' python3-pip-whl 2>/dev/null || echo 0)
+dpkg --compare-versions "$whl" ge 24 || need_apt=1
 
 if [ "$need_apt" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
@@ -40,8 +44,8 @@ PIN
     fi
     apt-get update -qq
     apt-get install -y -qq iptables iproute2 util-linux python3 python3-venv python3-pip \
-        runc busybox-static >/dev/null
-    apt-get install -y -qq -t trixie criu python3-pycriu >/dev/null
+        runc busybox-static gcc libc6-dev >/dev/null
+    apt-get install -y -qq -t trixie criu python3-pycriu python3-venv python3-pip-whl >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -247,15 +247,15 @@ def inet_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
     criu < 4.2 cannot dump an inet socket on Linux >= 6.16 (SO_PASSCRED is
     AF_UNIX-only there: "Can't get 1:16 opt"); criu 4.2 treats the option as 0.
-    For such a criu this preloads ``tests/compat/criu_passcred_shim.c``, which
+    For such a criu this preloads ``scripts/criu-sockopt-compat.c`` (as the demo does), which
     does the same, and nothing more.
     """
     env = dict(os.environ)
     release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
     if _criu_version() >= (4, 2) or release < (6, 16):
         return env
-    out = tmp_path_factory.mktemp("shim") / "criu_passcred_shim.so"
-    src = Path(__file__).parent / "compat" / "criu_passcred_shim.c"
+    out = tmp_path_factory.mktemp("shim") / "criu-sockopt-compat.so"
+    src = REPO / "scripts" / "criu-sockopt-compat.c"
     run("cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src), "-ldl")
     env["LD_PRELOAD"] = str(out)
     return env

@@ -163,10 +163,7 @@ def test_plugin_logger_called_by_criu(logger_plugin: dict[str, str], net: Net, p
     ]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: at post-resume CRIU has closed the images dir that CRTOOLS_IMAGE_DIR (/proc/<criu>/fd/N) "
-    "names; the action script fails (exit 70, 'internal error: FileNotFoundError') before any plugin runs"
-))
 def test_plugin_logger_sees_post_resume(logger_plugin: dict[str, str], net: Net, procs: Procs, images: Path) -> None:
+    """At post-resume CRIU has closed the images dir CRTOOLS_IMAGE_DIR names: hooks still run."""
     entries = logged_actions(logger_plugin, net, procs, images)
     assert [e[2] for e in entries][-1] == "post-resume"
