@@ -72,8 +72,12 @@ def frame(magic: int, payloads: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def unframe(data: bytes, magic: int, name: str) -> list[bytes]:
-    """Split an image into its entry payloads, refusing anything out of bounds."""
+def unframe(data: bytes, magic: int, name: str, max_entries: int | None = None) -> list[bytes]:
+    """Split an image into its entry payloads, refusing anything out of bounds.
+
+    ``max_entries`` caps the number of entries (a file of empty entries would
+    otherwise cost far more memory than its size).
+    """
     if len(data) < _MAGICS.size:
         raise ImageError(f"{name}: too short for an image header ({len(data)} bytes)")
     common, own = _MAGICS.unpack_from(data)
@@ -88,6 +92,8 @@ def unframe(data: bytes, magic: int, name: str) -> list[bytes]:
         pos += _U32.size
         if size > len(data) - pos:
             raise ImageError(f"{name}: entry at byte {pos - 4} claims {size} bytes, file has {len(data) - pos}")
+        if max_entries is not None and len(entries) >= max_entries:
+            raise ImageError(f"{name}: more than {max_entries} entries")
         entries.append(data[pos : pos + size])
         pos += size
     return entries
@@ -168,7 +174,7 @@ def encode(head: pb.macvlan_head, links: Sequence[pb.macvlan_link]) -> bytes:
 
 def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     """Parse and validate a sidecar; every problem is an :class:`ImageError` naming ``name``."""
-    entries = unframe(data, MACVLAN_MAGIC, name)
+    entries = unframe(data, MACVLAN_MAGIC, name, max_entries=1 + MAX_LINKS)
     if not entries:
         raise ImageError(f"{name}: no head entry")
     head = pb.macvlan_head()
@@ -213,6 +219,8 @@ def validate(sidecar: Sidecar, name: str) -> None:
     names: set[str] = set()
     indexes: set[int] = set()
     for link in sidecar.links:
+        # protobuf's C++ backend hands back invalid UTF-8 in a string field as bytes
+        _check(isinstance(link.name, str), name, f"link name {link.name!r} is not valid UTF-8")
         try:
             check_ifname(link.name, "link name")
         except Exception as exc:
@@ -239,12 +247,18 @@ def validate(sidecar: Sidecar, name: str) -> None:
             _check(addr.prefixlen <= 8 * (size or 0), name, f"{what}: prefix length {addr.prefixlen}")
             for opt in (addr.broadcast, addr.peer):
                 _check(opt in (b"",) or len(opt) == size, name, f"{what}: bad address length")
+            _check(_short_str(addr.label), name, f"{what}: bad address label {addr.label!r}")
         for route in link.routes:
             size = {2: 4, 10: 16}.get(route.family)
             _check(size is not None, name, f"{what}: route family {route.family} unknown")
             _check(route.dst_len <= 8 * (size or 0), name, f"{what}: route prefix length {route.dst_len}")
             for opt in (route.dst, route.gateway, route.prefsrc):
                 _check(opt in (b"",) or len(opt) == size, name, f"{what}: bad route address length")
+
+
+def _short_str(value: object) -> bool:
+    """A valid UTF-8 string that fits an interface-name-sized kernel field (IFA_LABEL)."""
+    return isinstance(value, str) and "\0" not in value and len(value.encode(errors="replace")) < 16
 
 
 def load(dir_fd: int, name: str = SIDECAR) -> Sidecar | None:
