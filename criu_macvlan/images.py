@@ -218,6 +218,7 @@ def validate(sidecar: Sidecar, name: str) -> None:
     """Check every value a restore would hand to the kernel."""
     names: set[str] = set()
     indexes: set[int] = set()
+    _check(isinstance(sidecar.head.hostname, str), name, "head hostname is not valid UTF-8")
     for link in sidecar.links:
         # protobuf's C++ backend hands back invalid UTF-8 in a string field as bytes
         _check(isinstance(link.name, str), name, f"link name {link.name!r} is not valid UTF-8")
@@ -226,6 +227,7 @@ def validate(sidecar: Sidecar, name: str) -> None:
         except Exception as exc:
             raise ImageError(f"{name}: {exc}") from exc
         what = f"link {link.name!r}"
+        _check(isinstance(link.parent.name, str), name, f"{what}: parent name is not valid UTF-8")
         _check(link.name not in names, name, f"duplicate link name {link.name!r}")
         _check(link.ifindex not in indexes, name, f"duplicate ifindex {link.ifindex}")
         names.add(link.name)

@@ -597,3 +597,16 @@ def test_addresses_decode_for_the_kernel() -> None:
     sidecar = images.decode(encoded([full_link(3)]))
     for addr in sidecar.links[0].addrs:
         socket.inet_ntop(addr.family, addr.address)
+
+
+def test_informational_strings_not_utf8() -> None:
+    head = full_head()
+    head.version = images.VERSION
+    data = bytearray(raw_sidecar(head, []))
+    at = data.index(b"host-a")
+    data[at : at + 2] = b"\xff\xfe"
+    expect_error(bytes(data), "head hostname is not valid UTF-8")
+    data = bytearray(raw_sidecar(head_for(1), [full_link(0)]))
+    at = data.index(b"eth0")
+    data[at : at + 2] = b"\xff\xfe"
+    expect_error(bytes(data), "link 'mv0': parent name is not valid UTF-8")
