@@ -25,8 +25,15 @@ class ImagesDir:
 
     @classmethod
     def open(cls, path: str) -> ImagesDir:
+        """Open ``path``; a ``/proc/<pid>/fd/<n>`` path (CRIU's ``CRTOOLS_IMAGE_DIR``) is shown as the real one."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return cls(fd=fd, path=path)
+        shown = path
+        if path.startswith("/proc/"):
+            try:
+                shown = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                pass
+        return cls(fd=fd, path=shown)
 
     def close(self) -> None:
         os.close(self.fd)

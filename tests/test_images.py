@@ -610,3 +610,21 @@ def test_informational_strings_not_utf8() -> None:
     at = data.index(b"eth0")
     data[at : at + 2] = b"\xff\xfe"
     expect_error(bytes(data), "link 'mv0': parent name is not valid UTF-8")
+
+
+def test_images_dir_shows_the_real_path_of_a_proc_fd(tmp_path: Path) -> None:
+    """CRIU passes /proc/<criu>/fd/<n>; messages must name the directory the user knows."""
+    from criu_macvlan.context import ImagesDir
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        opened = ImagesDir.open(f"/proc/{os.getpid()}/fd/{fd}")
+        try:
+            assert opened.path == str(tmp_path)
+        finally:
+            opened.close()
+    finally:
+        os.close(fd)
+    plain = ImagesDir.open(str(tmp_path))
+    plain.close()
+    assert plain.path == str(tmp_path)
