@@ -201,3 +201,28 @@ def test_two_restores_at_once(net: Net, procs: Procs, tmp_path: Path) -> None:
         out = ip("-o", "-d", "link", "show", "mv0", pid=new)
         assert f"@if{parent_index}:" in out, out
         assert our_files(dirs[i]) == []
+
+
+def test_post_dump_failure_leaves_no_sidecar(net: Net, procs: Procs, images: Path, tmp_path: Path) -> None:
+    """Our post-dump fails (a netdev image was swapped for a symlink): the dump fails, nothing of ours stays."""
+    a = net.veth("pa")
+    pid, _ = tree_with_macvlans(net, procs, a)
+    wrapper = tmp_path / "wrapper.sh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$CRTOOLS_SCRIPT_ACTION" = post-dump ]; then\n'
+        '  cd "$CRTOOLS_IMAGE_DIR" && for f in netdev-*.img; do mv "$f" "$f.orig" && ln -s "$f.orig" "$f"; done\n'
+        "fi\n"
+        f"exec {ACTION_SCRIPT}\n"
+    )
+    wrapper.chmod(0o755)
+    res = criu("dump", "-t", str(pid), "--action-script", str(wrapper), images=images, log="dump.log", check=False)
+    assert res.returncode != 0
+    log = (images / "dump.log").read_text(errors="replace")
+    assert "Traceback" not in log
+    lines = [line for line in log.splitlines() if "criu-macvlan-action:" in line]
+    assert len(lines) == 1 and "post-dump: netdev-" in lines[0] and "is a symlink" in lines[0], lines
+    assert alive(pid)  # CRIU resumed the tree
+    assert link_names(pid) == {"lo", "mv0", "mv1"}
+    assert not (images / img.SIDECAR).exists()
+    assert our_files(images) == []
