@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from .errors import CriuMacvlanError, ExitCode
+from .errors import CriuMacvlanError, ExitCode, ImageError
 
 PROG = "criu-macvlan-action"
 
@@ -51,7 +51,10 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
     path = env.get("CRTOOLS_IMAGE_DIR", "")
     if not path:
         raise CriuMacvlanError("CRTOOLS_IMAGE_DIR is not set")
-    images = ImagesDir.open(path)
+    try:
+        images = ImagesDir.open(path)
+    except OSError as exc:
+        raise ImageError(f"cannot open the images directory {path}: {exc.strerror or exc}") from exc
     try:
         criu_pid = criuconf.criu_pid_from_env(env) or os.getppid()
         opts = criuconf.load_for_criu(criu_pid)

@@ -123,7 +123,18 @@ def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | N
 
 
 def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
-    """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one."""
+    """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one.
+
+    A failure (full disk, read-only dir, a planted file at the temp name) is an
+    :class:`ImageError`; the old file stays and no temp file is left.
+    """
+    try:
+        _replace(dir_fd, name, data)
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot write it in the images directory: {exc.strerror or exc}") from exc
+
+
+def _replace(dir_fd: int, name: str, data: bytes) -> None:
     tmp = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
@@ -143,8 +154,11 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
 
 
 def rename(dir_fd: int, src: str, dst: str) -> None:
-    os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    os.fsync(dir_fd)
+    try:
+        os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise ImageError(f"{dst}: cannot rename {src} to it: {exc.strerror or exc}") from exc
 
 
 def unlink(dir_fd: int, name: str) -> bool:

@@ -369,7 +369,7 @@ def test_failed_rename_keeps_old_file(imgdir: tuple[Path, int], monkeypatch: pyt
     old = valid_samples()["one-link"]
     images.write_atomic(fd, images.SIDECAR, old)
     monkeypatch.setattr(os, "rename", fail_rename)
-    with pytest.raises(OSError, match="injected"):
+    with pytest.raises(ImageError, match=r"^macvlan\.img: cannot write it in the images directory: .*injected"):
         images.write_atomic(fd, images.SIDECAR, valid_samples()["every-mode"])
     assert (d / images.SIDECAR).read_bytes() == old
     assert os.listdir(d) == [images.SIDECAR]
@@ -389,7 +389,7 @@ def test_failed_write_keeps_old_file(imgdir: tuple[Path, int], monkeypatch: pyte
         return real_write(fdw, memoryview(data)[:10])  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "write", short_then_fail)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(ImageError, match="No space"):
         images.write_atomic(fd, images.SIDECAR, valid_samples()["every-mode"])
     assert (d / images.SIDECAR).read_bytes() == old
     assert os.listdir(d) == [images.SIDECAR]
@@ -400,7 +400,7 @@ def test_failed_netdev_conversion_keeps_old_file(imgdir: tuple[Path, int], monke
     original = images.frame(images.NETDEV_MAGIC, netdev_entries())
     (d / "netdev-9.img").write_bytes(original)
     monkeypatch.setattr(os, "rename", fail_rename)
-    with pytest.raises(OSError):
+    with pytest.raises(ImageError, match="^netdev-9.img: cannot write"):
         images.convert_netdev(fd, "netdev-9.img", {3})
     assert (d / "netdev-9.img").read_bytes() == original
     assert os.listdir(d) == ["netdev-9.img"]
@@ -476,7 +476,7 @@ def test_temp_file_creation_never_follows_a_link(imgdir: tuple[Path, int], tmp_p
     victim.write_text("precious")
     monkeypatch.setattr(images.secrets, "token_hex", lambda n: "guessed")
     (d / f"{images.TMP_PREFIX}{os.getpid()}-guessed").symlink_to(victim)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ImageError, match="File exists"):
         images.write_atomic(fd, images.SIDECAR, b"x")
     assert victim.read_text() == "precious"
     assert not (d / images.SIDECAR).exists()
@@ -628,3 +628,22 @@ def test_images_dir_shows_the_real_path_of_a_proc_fd(tmp_path: Path) -> None:
     plain = ImagesDir.open(str(tmp_path))
     plain.close()
     assert plain.path == str(tmp_path)
+
+
+def test_failed_commit_rename_is_an_image_error(imgdir: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    d, fd = imgdir
+    images.write_atomic(fd, images.STAGED, valid_samples()["one-link"])
+    monkeypatch.setattr(os, "rename", fail_rename)
+    with pytest.raises(ImageError, match=r"^macvlan\.img: cannot rename \.criu-macvlan\.staged to it: .*injected"):
+        images.rename(fd, images.STAGED, images.SIDECAR)
+    assert os.listdir(d) == [images.STAGED]
+
+
+def test_action_script_unopenable_images_dir(tmp_path: Path) -> None:
+    """The shim's entry point: one line, exit code 3, no traceback."""
+    env = {**os.environ, "CRTOOLS_SCRIPT_ACTION": "pre-restore", "CRTOOLS_IMAGE_DIR": str(tmp_path / "nope")}
+    res = subprocess.run([sys.executable, "-m", "criu_macvlan.action"], env=env, capture_output=True, text=True,
+                         cwd=REPO)
+    assert res.returncode == ExitCode.IMAGE
+    assert res.stderr == f"criu-macvlan-action: cannot open the images directory {tmp_path / 'nope'}: " \
+                         "No such file or directory\n"
