@@ -226,3 +226,16 @@ def test_post_dump_failure_leaves_no_sidecar(net: Net, procs: Procs, images: Pat
     assert link_names(pid) == {"lo", "mv0", "mv1"}
     assert not (images / img.SIDECAR).exists()
     assert our_files(images) == []
+
+
+def test_dump_without_plugin_then_restore_with_it(net: Net, procs: Procs, images: Path) -> None:
+    """No sidecar and native MACVLAN entries: the plugin stays out of the way, CRIU restores them itself."""
+    a, b = net.veth("pa"), net.veth("pb")
+    pid, mark = tree_with_macvlans(net, procs, a)
+    criu("dump", "-t", str(pid), images=images, log="dump.log")  # no --action-script
+    res = try_restore(images, "--external", f"macvlan[mv0]:{b}", "--external", f"macvlan[mv1]:{b}")
+    lines = our_lines(images)
+    assert res.returncode == 0, (images / "restore.log").read_text()[-3000:]
+    assert lines == []
+    new = procs.adopt(int((images / "restored.pid").read_text()))
+    assert link_names(new) == {"lo", "mv0", "mv1"}
