@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -29,10 +30,8 @@ class ImagesDir:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         shown = path
         if path.startswith("/proc/"):
-            try:
+            with contextlib.suppress(OSError):
                 shown = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                pass
         return cls(fd=fd, path=shown)
 
     def close(self) -> None:

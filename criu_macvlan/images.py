@@ -83,7 +83,7 @@ def unframe(data: bytes, magic: int, name: str, max_entries: int | None = None) 
     common, own = _MAGICS.unpack_from(data)
     if common != IMG_COMMON or own != magic:
         raise ImageError(f"{name}: wrong magic {common:#010x}/{own:#010x}, expected {magic:#010x}")
-    entries = []
+    entries: list[bytes] = []
     pos = _MAGICS.size
     while pos < len(data):
         if pos + _U32.size > len(data):

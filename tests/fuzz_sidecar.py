@@ -43,6 +43,10 @@ def check(data: bytes) -> None:
     assert again.head == sidecar.head and again.links == sidecar.links
 
 
+def _head(version: int, n_links: int) -> bytes:
+    return bytes(pb.macvlan_head(version=version, n_links=n_links).SerializeToString())
+
+
 def edge_cases() -> dict[str, bytes]:
     """Hand-made malformed sidecars: each stops the reader at a different check."""
     magic = images.frame(images.MACVLAN_MAGIC, [])
@@ -57,8 +61,8 @@ def edge_cases() -> dict[str, bytes]:
         "size-too-big": magic + b"\xff\xff\xff\xff" + head,
         "size-truncated": magic + b"\x02\x00",
         "truncated-link": one[:-3],
-        "future-version": images.frame(images.MACVLAN_MAGIC, [pb.macvlan_head(version=99, n_links=0).SerializeToString()]),
-        "count-mismatch": images.frame(images.MACVLAN_MAGIC, [pb.macvlan_head(version=1, n_links=3).SerializeToString()]),
+        "future-version": images.frame(images.MACVLAN_MAGIC, [_head(version=99, n_links=0)]),
+        "count-mismatch": images.frame(images.MACVLAN_MAGIC, [_head(version=1, n_links=3)]),
         "many-empty-entries": images.frame(images.MACVLAN_MAGIC, [head] + [b""] * 200),
         "garbage-head": images.frame(images.MACVLAN_MAGIC, [b"\x08\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"]),
         "deep-group": images.frame(images.MACVLAN_MAGIC, [b"\x0b" * 200 + b"\x0c" * 200]),

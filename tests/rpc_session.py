@@ -31,7 +31,9 @@ class Session:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("criu_macvlan.soak"))
     notified: list[str] = field(default_factory=list)
 
-    def _call(self, req: rpc_pb2.criu_req, images: ImagesDir, externals: list[str], pid: int | None) -> rpc_pb2.criu_resp:
+    def _call(
+        self, req: rpc_pb2.criu_req, images: ImagesDir, externals: list[str], pid: int | None
+    ) -> rpc_pb2.criu_resp:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         proc = subprocess.Popen(
             [CRIU, "swrk", str(theirs.fileno())],

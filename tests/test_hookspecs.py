@@ -125,7 +125,7 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A plugin package installed the way pip would: a module plus a dist-info with entry points."""
     site = tmp_path / "site"
     modname = f"cmv_fake_plugin_{os.getpid()}"
-    (site / f"cmv_fake-1.0.dist-info").mkdir(parents=True)
+    (site / "cmv_fake-1.0.dist-info").mkdir(parents=True)
     (site / f"{modname}.py").write_text(textwrap.dedent(FAKE_PLUGIN))
     info = site / "cmv_fake-1.0.dist-info"
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cmv-fake\nVersion: 1.0\n")
@@ -190,7 +190,9 @@ def test_handled_actions_cache(clean_env: None, tmp_path: Path, monkeypatch: pyt
     assert os.listdir(path.parent) == ["handled-actions"]  # no temp file left
 
 
-def test_handled_actions_cache_read_only_prefix(clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_handled_actions_cache_read_only_prefix(
+    clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setattr(sys, "prefix", str(blocker))  # share/ cannot be made under a file

@@ -117,7 +117,7 @@ def test_missing_sidecar_is_none(imgdir: tuple[Path, int]) -> None:
 def test_encoder_refuses_what_the_decoder_refuses() -> None:
     bad = full_link(0)
     bad.address = b"\x00" * 5
-    with pytest.raises(ImageError, match="^sidecar: link 'mv0': MAC address has 5 bytes, not 6$"):
+    with pytest.raises(ImageError, match=r"^sidecar: link 'mv0': MAC address has 5 bytes, not 6$"):
         images.encode(full_head(), [bad])
 
 
@@ -340,10 +340,10 @@ def test_netdev_unconverted_file_untouched(imgdir: tuple[Path, int]) -> None:
 
 def test_netdev_bad_images(imgdir: tuple[Path, int]) -> None:
     d, fd = imgdir
-    with pytest.raises(ImageError, match="^netdev-2.img: missing$"):
+    with pytest.raises(ImageError, match=r"^netdev-2\.img: missing$"):
         images.read_netdev(fd, "netdev-2.img")
     (d / "netdev-2.img").write_bytes(images.frame(images.MACVLAN_MAGIC, []))
-    with pytest.raises(ImageError, match="^netdev-2.img: wrong magic"):
+    with pytest.raises(ImageError, match=r"^netdev-2\.img: wrong magic"):
         images.read_netdev(fd, "netdev-2.img")
     (d / "netdev-2.img").write_bytes(images.frame(images.NETDEV_MAGIC, [b"\xff\xff"]))
     with pytest.raises(ImageError, match=r"^netdev-2.img: entry #0 is not a net_device_entry"):
@@ -400,7 +400,7 @@ def test_failed_netdev_conversion_keeps_old_file(imgdir: tuple[Path, int], monke
     original = images.frame(images.NETDEV_MAGIC, netdev_entries())
     (d / "netdev-9.img").write_bytes(original)
     monkeypatch.setattr(os, "rename", fail_rename)
-    with pytest.raises(ImageError, match="^netdev-9.img: cannot write"):
+    with pytest.raises(ImageError, match=r"^netdev-9\.img: cannot write"):
         images.convert_netdev(fd, "netdev-9.img", {3})
     assert (d / "netdev-9.img").read_bytes() == original
     assert os.listdir(d) == ["netdev-9.img"]

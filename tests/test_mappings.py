@@ -65,7 +65,7 @@ def test_parse_bad(text: str, problem: str) -> None:
 
 
 def test_check_ifname_names_what() -> None:
-    with pytest.raises(UsageError, match="^empty parent$"):
+    with pytest.raises(UsageError, match=r"^empty parent$"):
         check_ifname("", "parent")
     assert check_ifname("x" * 15) == "x" * 15
     with pytest.raises(UsageError, match="longer than 15"):

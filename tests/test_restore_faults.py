@@ -6,7 +6,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from conftest import Net, Procs, ip, link_names, unique
@@ -40,7 +40,7 @@ def ctx(tmp_path: Path) -> Iterator[ActionContext]:
 class FakeRtnl:
     """Stands in for netlink.Rtnl; records calls; ``create_macvlan`` fails at position ``fail_at``."""
 
-    calls: list[tuple[str, Any]] = []
+    calls: ClassVar[list[tuple[str, Any]]] = []
     fail_at: int | None = None
     fail_delete: bool = False
     fail_l3: bool = False

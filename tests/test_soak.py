@@ -9,6 +9,7 @@ by this process, no fd growth.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -48,10 +49,8 @@ def wait_counter_above(path: Path, value: int) -> int:
 
 def forget(procs: Procs, pid: int) -> None:
     """The tree is gone (CRIU killed it at dump): reap it if it is ours, and never signal its pid again."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
     procs.pids.remove(pid)
 
 
