@@ -7,6 +7,7 @@ pid. Names are unique per test run and per test, and never those of the host.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -166,15 +167,11 @@ class Procs:
 
     def cleanup(self) -> None:
         for pid in reversed(self.pids):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for pid in self.pids:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
         for p in self.popens:
             try:
                 p.wait(timeout=10)

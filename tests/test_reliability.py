@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names
+from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names, unique
 
 from criu_macvlan import images as img
 
@@ -243,3 +243,27 @@ def test_dump_without_plugin_then_restore_with_it(net: Net, procs: Procs, images
     assert lines == []
     new = procs.adopt(int((images / "restored.pid").read_text()))
     assert link_names(new) == {"lo", "mv0", "mv1"}
+
+
+def test_restore_failing_at_every_link_position(net: Net, procs: Procs, images: Path) -> None:
+    """Four links; the k-th mapping names a parent that refuses new macvlans: CRIU aborts, nothing is left."""
+    n = 4
+    a = net.veth("pa")
+    pid, mark = tree_with_macvlans(net, procs, a, n)
+    criu("dump", "-t", str(pid), *SCRIPT, images=images, log="dump.log")
+    good = [net.veth("pg") for _ in range(n)]
+    blocked = net.veth("pf")
+    blocker = unique("pt")
+    ip("link", "add", blocker, "link", blocked, "type", "macvlan", "mode", "passthru")  # EINVAL for new ones
+    net.created.append(blocker)
+    for k in range(n):
+        parents = [blocked if i == k else good[i] for i in range(n)]
+        maps = [arg for i in range(n) for arg in ("--external", f"macvlan[mv{i}]:{parents[i]}")]
+        res = try_restore(images, *maps)
+        assert_restore_failed_cleanly(res, images, mark, f"setup-namespaces: cannot create macvlan 'mv{k}' on "
+                                      f"'{blocked}': Invalid argument")
+        assert not link_names() & {f"mv{i}" for i in range(n)}
+    res = try_restore(images, *[arg for i in range(n) for arg in ("--external", f"macvlan[mv{i}]:{good[i]}")])
+    assert res.returncode == 0
+    new = procs.adopt(int((images / "restored.pid").read_text()))
+    assert link_names(new) == {"lo", *(f"mv{i}" for i in range(n))}
