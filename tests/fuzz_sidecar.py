@@ -81,22 +81,25 @@ def write_corpus(path: Path = CORPUS) -> list[Path]:
 
 
 def run_atheris(runs: int) -> int:
-    import atheris
+    """Fuzz in a child process (libFuzzer exits the process when done), growing a throw-away corpus."""
+    import subprocess
 
-    atheris.instrument_all()  # the reader is already imported: instrument its bytecode in place
-
-    def one_input(data: bytes) -> None:
-        check(data)
-
-    work = Path(tempfile.mkdtemp(prefix="fuzz-sidecar-"))  # grows with new inputs: never the committed corpus
+    work = Path(tempfile.mkdtemp(prefix="fuzz-sidecar-"))  # never the committed corpus
     try:
         for seed in CORPUS.iterdir():
             shutil.copy(seed, work / seed.name)
-        atheris.Setup([sys.argv[0], f"-runs={runs}", "-max_len=16384", "-print_final_stats=1", str(work)], one_input)
-        atheris.Fuzz()  # exits the process; an uncaught exception is reported as a crash
+        return subprocess.run([sys.executable, __file__, "--atheris-child", str(work), "--runs", str(runs)]).returncode
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return 0
+
+
+def atheris_child(work: str, runs: int) -> None:
+    import atheris
+
+    atheris.instrument_all()  # the reader is already imported: instrument its bytecode in place
+    argv = [sys.argv[0], f"-runs={runs}", "-max_len=16384", "-print_final_stats=1", work]
+    atheris.Setup(argv, check)
+    atheris.Fuzz()  # exits; an uncaught exception is reported as a crash (non-zero exit)
 
 
 def run_hypothesis(runs: int) -> int:
@@ -134,7 +137,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=int(os.environ.get("FUZZ_RUNS", "200000")))
     parser.add_argument("--engine", choices=("auto", "atheris", "hypothesis"), default="auto")
     parser.add_argument("--write-corpus", action="store_true")
+    parser.add_argument("--atheris-child", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.atheris_child:
+        atheris_child(args.atheris_child, args.runs)
     if args.write_corpus:
         for path in write_corpus():
             print(path.relative_to(HERE.parent))
