@@ -33,3 +33,11 @@ bench-quick: setup         ## smoke check of the benchmark: N=1,10, 3 runs
 
 clean:
 	rm -rf build .venv .pytest_cache .mypy_cache .ruff_cache
+
+fuzz: setup                 ## fuzz the sidecar reader: >=200k inputs (atheris if it installs, else hypothesis)
+	$(PY) -m pip install -q -e '.[fuzz]' || echo "fuzz: atheris did not install; hypothesis only"
+	$(PY) tests/fuzz_sidecar.py --runs $${FUZZ_RUNS:-200000}
+	$(PY) tests/fuzz_sidecar.py --engine hypothesis --runs $${FUZZ_HYPOTHESIS_RUNS:-20000}
+
+soak: setup                 ## >=100 dump/restore cycles; checks links, netns, fds and the tree's state
+	CRIU_MACVLAN_SOAK=$${SOAK_CYCLES:-100} $(PYTEST) -q -ra -m soak tests/test_soak.py

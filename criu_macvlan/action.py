@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 
-from .errors import CriuMacvlanError, ExitCode
+from .errors import CriuMacvlanError, ExitCode, ImageError
 
 PROG = "criu-macvlan-action"
 
@@ -53,8 +53,10 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
         raise CriuMacvlanError("CRTOOLS_IMAGE_DIR is not set")
     try:
         images = ImagesDir.open(path)
-    except OSError:
-        # CRIU closes the images dir before post-resume: late hooks get no fd.
+    except OSError as exc:
+        if action != "post-resume":
+            raise ImageError(f"cannot open the images directory {path}: {exc.strerror or exc}") from exc
+        # CRIU closes the images dir before post-resume: its hooks get no fd.
         images = ImagesDir(fd=-1, path=path)
     try:
         criu_pid = criuconf.criu_pid_from_env(env) or os.getppid()

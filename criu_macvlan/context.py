@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
@@ -28,8 +29,13 @@ class ImagesDir:
 
     @classmethod
     def open(cls, path: str) -> ImagesDir:
+        """Open ``path``; a ``/proc/<pid>/fd/<n>`` path (CRIU's ``CRTOOLS_IMAGE_DIR``) is shown as the real one."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        return cls(fd=fd, path=path)
+        shown = path
+        if path.startswith("/proc/"):
+            with contextlib.suppress(OSError):
+                shown = os.readlink(f"/proc/self/fd/{fd}")
+        return cls(fd=fd, path=shown)
 
     def close(self) -> None:
         os.close(self.fd)

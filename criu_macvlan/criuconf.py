@@ -20,6 +20,7 @@ Only the options the plugin needs are kept: ``external`` and ``empty-ns``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ USER_CONFIG = ".criu/default.conf"
 ENGINE_CONFIGS = ("/etc/criu/runc.conf", "/etc/criu/criu-macvlan.conf")
 RPC_COMMANDS = ("swrk", "service")
 MAX_CONFIG_BYTES = 1 << 20
+_SEPARATOR = re.compile(r"[ \t]")
 
 
 @dataclass
@@ -48,18 +50,32 @@ class CriuOptions:
 
 
 def config_statements(text: str) -> Iterator[tuple[str, str]]:
-    """Yield ``(option, value)`` from a CRIU config file (one ``option [value]`` a line)."""
+    """Yield ``(option, value)`` from a CRIU config file, the way ``criu/config.c`` reads it.
+
+    One ``option [value]`` a line, separated by a space or a tab; a value may be
+    double-quoted (with ``\\"`` escapes); a ``#`` starts a comment, also inside a value.
+    """
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        opt, _, value = line.partition(" ")
-        value = value.strip()
-        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
-            value = value[1:-1].replace('\\"', '"')
-        elif " #" in value:
-            value = value.split(" #", 1)[0].strip()
-        yield opt.lstrip("-"), value
+        opt, *rest = _SEPARATOR.split(line, maxsplit=1)
+        value = rest[0].strip() if rest else ""
+        if value.startswith('"'):
+            end = _closing_quote(value)
+            value = value[1:end].replace('\\"', '"') if end > 0 else ""
+        else:
+            value = value.split(None, 1)[0] if value else ""
+        yield opt.lstrip("-"), value.split("#", 1)[0]
+
+
+def _closing_quote(value: str) -> int:
+    """Index of the first unescaped ``"`` after the opening one, or -1."""
+    pos = 0
+    while (pos := value.find('"', pos + 1)) > 0:
+        if value[pos - 1] != "\\":
+            return pos
+    return -1
 
 
 def argv_statements(argv: list[str]) -> Iterator[tuple[str, str]]:

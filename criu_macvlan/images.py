@@ -74,14 +74,18 @@ def frame(magic: int, payloads: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def unframe(data: bytes, magic: int, name: str) -> list[bytes]:
-    """Split an image into its entry payloads, refusing anything out of bounds."""
+def unframe(data: bytes, magic: int, name: str, max_entries: int | None = None) -> list[bytes]:
+    """Split an image into its entry payloads, refusing anything out of bounds.
+
+    ``max_entries`` caps the number of entries (a file of empty entries would
+    otherwise cost far more memory than its size).
+    """
     if len(data) < _MAGICS.size:
         raise ImageError(f"{name}: too short for an image header ({len(data)} bytes)")
     common, own = _MAGICS.unpack_from(data)
     if common != IMG_COMMON or own != magic:
         raise ImageError(f"{name}: wrong magic {common:#010x}/{own:#010x}, expected {magic:#010x}")
-    entries = []
+    entries: list[bytes] = []
     pos = _MAGICS.size
     while pos < len(data):
         if pos + _U32.size > len(data):
@@ -90,6 +94,8 @@ def unframe(data: bytes, magic: int, name: str) -> list[bytes]:
         pos += _U32.size
         if size > len(data) - pos:
             raise ImageError(f"{name}: entry at byte {pos - 4} claims {size} bytes, file has {len(data) - pos}")
+        if max_entries is not None and len(entries) >= max_entries:
+            raise ImageError(f"{name}: more than {max_entries} entries")
         entries.append(data[pos : pos + size])
         pos += size
     return entries
@@ -119,7 +125,18 @@ def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | N
 
 
 def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
-    """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one."""
+    """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one.
+
+    A failure (full disk, read-only dir, a planted file at the temp name) is an
+    :class:`ImageError`; the old file stays and no temp file is left.
+    """
+    try:
+        _replace(dir_fd, name, data)
+    except OSError as exc:
+        raise ImageError(f"{name}: cannot write it in the images directory: {exc.strerror or exc}") from exc
+
+
+def _replace(dir_fd: int, name: str, data: bytes) -> None:
     tmp = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
@@ -139,8 +156,11 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
 
 
 def rename(dir_fd: int, src: str, dst: str) -> None:
-    os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    os.fsync(dir_fd)
+    try:
+        os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise ImageError(f"{dst}: cannot rename {src} to it: {exc.strerror or exc}") from exc
 
 
 def unlink(dir_fd: int, name: str) -> bool:
@@ -170,7 +190,7 @@ def encode(head: pb.macvlan_head, links: Sequence[pb.macvlan_link]) -> bytes:
 
 def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     """Parse and validate a sidecar; every problem is an :class:`ImageError` naming ``name``."""
-    entries = unframe(data, MACVLAN_MAGIC, name)
+    entries = unframe(data, MACVLAN_MAGIC, name, max_entries=1 + MAX_LINKS)
     if not entries:
         raise ImageError(f"{name}: no head entry")
     head = pb.macvlan_head()
@@ -214,12 +234,16 @@ def validate(sidecar: Sidecar, name: str) -> None:
     """Check every value a restore would hand to the kernel."""
     names: set[str] = set()
     indexes: set[int] = set()
+    _check(isinstance(sidecar.head.hostname, str), name, "head hostname is not valid UTF-8")
     for link in sidecar.links:
+        # protobuf's C++ backend hands back invalid UTF-8 in a string field as bytes
+        _check(isinstance(link.name, str), name, f"link name {link.name!r} is not valid UTF-8")
         try:
             check_ifname(link.name, "link name")
         except Exception as exc:
             raise ImageError(f"{name}: {exc}") from exc
         what = f"link {link.name!r}"
+        _check(isinstance(link.parent.name, str), name, f"{what}: parent name is not valid UTF-8")
         _check(link.name not in names, name, f"duplicate link name {link.name!r}")
         _check(link.ifindex not in indexes, name, f"duplicate ifindex {link.ifindex}")
         names.add(link.name)
@@ -241,12 +265,18 @@ def validate(sidecar: Sidecar, name: str) -> None:
             _check(addr.prefixlen <= 8 * (size or 0), name, f"{what}: prefix length {addr.prefixlen}")
             for opt in (addr.broadcast, addr.peer):
                 _check(opt in (b"",) or len(opt) == size, name, f"{what}: bad address length")
+            _check(_short_str(addr.label), name, f"{what}: bad address label {addr.label!r}")
         for route in link.routes:
             size = {2: 4, 10: 16}.get(route.family)
             _check(size is not None, name, f"{what}: route family {route.family} unknown")
             _check(route.dst_len <= 8 * (size or 0), name, f"{what}: route prefix length {route.dst_len}")
             for opt in (route.dst, route.gateway, route.prefsrc):
                 _check(opt in (b"",) or len(opt) == size, name, f"{what}: bad route address length")
+
+
+def _short_str(value: object) -> bool:
+    """A valid UTF-8 string that fits an interface-name-sized kernel field (IFA_LABEL)."""
+    return isinstance(value, str) and "\0" not in value and len(value.encode(errors="replace")) < 16
 
 
 def load(dir_fd: int, name: str = SIDECAR) -> Sidecar | None:

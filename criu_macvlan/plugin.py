@@ -97,6 +97,8 @@ class MacvlanPlugin:
 
     @hookimpl
     def criu_post_dump(self, ctx: ActionContext) -> None:
+        # The rename of the stage to macvlan.img is the commit point and comes last:
+        # a post-dump that fails earlier leaves no sidecar that looks valid.
         dir_fd = ctx.images.fd
         staged = images.read_file(dir_fd, images.STAGED)
         if staged is not None:
@@ -107,7 +109,6 @@ class MacvlanPlugin:
                 sidecar.head.empty_ns = True
                 staged = images.encode(sidecar.head, sidecar.links)
                 images.write_atomic(dir_fd, images.STAGED, staged)
-            images.rename(dir_fd, images.STAGED, images.SIDECAR)
         else:
             loaded = images.load(dir_fd)
             if loaded is None:
@@ -118,6 +119,8 @@ class MacvlanPlugin:
             changed = images.convert_netdev(dir_fd, name, ifindexes)
             if changed:
                 ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
+        if staged is not None:
+            images.rename(dir_fd, images.STAGED, images.SIDECAR)
         ctx.log.info("saved %d macvlan link(s) in %s", len(sidecar.links), images.SIDECAR)
 
     @hookimpl

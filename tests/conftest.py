@@ -121,9 +121,11 @@ class Net:
             from pyroute2 import IPRoute
 
             mode = args[args.index("mode") + 1] if "mode" in args else "vepa"
+            # numeric: criu_macvlan.netlink, once imported in this process, drops pyroute2's mode names
+            number = {"private": 1, "vepa": 2, "bridge": 4, "passthru": 8, "source": 16}[mode]
             with IPRoute() as ipr:
                 index = ipr.link_lookup(ifname=parent)[0]
-                ipr.link("add", ifname=tmp, kind="macvlan", link=index, macvlan_mode=mode, macvlan_flags=flags)
+                ipr.link("add", ifname=tmp, kind="macvlan", link=index, macvlan_mode=number, macvlan_flags=flags)
         try:
             ip("link", "set", tmp, "netns", str(pid))
         except subprocess.CalledProcessError:

@@ -1,0 +1,66 @@
+"""A dump that fails after pre-dump leaves no valid-looking sidecar and no files of ours (no root needed)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sidecars import encoded, full_link
+from test_images import netdev_entries
+
+from criu_macvlan import images
+from criu_macvlan.context import ActionContext, ImagesDir, Mode
+from criu_macvlan.errors import ImageError
+from criu_macvlan.plugin import MacvlanPlugin
+
+
+@pytest.fixture
+def staged_dump(tmp_path: Path) -> Iterator[tuple[Path, ActionContext]]:
+    """The images dir as pre-dump leaves it: a stage and CRIU's netdev image with macvlan ifindex 3."""
+    link = full_link(0)
+    link.ifindex = 3
+    (tmp_path / images.STAGED).write_bytes(encoded([link]))
+    (tmp_path / "netdev-9.img").write_bytes(images.frame(images.NETDEV_MAGIC, netdev_entries()))
+    d = ImagesDir.open(str(tmp_path))
+    try:
+        yield tmp_path, ActionContext(action="post-dump", mode=Mode.RPC, images=d, log=logging.getLogger("t"))
+    finally:
+        d.close()
+
+
+def test_post_dump_commits_and_converts(staged_dump: tuple[Path, ActionContext]) -> None:
+    path, ctx = staged_dump
+    MacvlanPlugin().criu_post_dump(ctx)
+    assert sorted(os.listdir(path)) == [images.SIDECAR, "netdev-9.img"]
+    assert images.summarize_netdev(ctx.images.fd, "netdev-9.img").converted == [("mv0", 3)]
+    MacvlanPlugin().criu_post_dump(ctx)  # repeated: no change, no error
+    assert sorted(os.listdir(path)) == [images.SIDECAR, "netdev-9.img"]
+
+
+def test_post_dump_failing_leaves_no_sidecar(staged_dump: tuple[Path, ActionContext],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path, ctx = staged_dump
+    original = (path / "netdev-9.img").read_bytes()
+
+    def broken(*args: object, **kw: object) -> int:
+        raise ImageError("netdev-9.img: injected failure")
+
+    monkeypatch.setattr(images, "convert_netdev", broken)
+    with pytest.raises(ImageError):
+        MacvlanPlugin().criu_post_dump(ctx)
+    assert not (path / images.SIDECAR).exists()
+    assert (path / "netdev-9.img").read_bytes() == original
+    # CRIU then sends network-unlock: the stage goes too
+    ctx.action = "network-unlock"
+    MacvlanPlugin().criu_network_unlock(ctx)
+    assert os.listdir(path) == ["netdev-9.img"]
+
+
+def test_network_unlock_sweeps_temp_files(staged_dump: tuple[Path, ActionContext]) -> None:
+    path, ctx = staged_dump
+    (path / f"{images.TMP_PREFIX}123-abcd").write_bytes(b"partial")
+    MacvlanPlugin().criu_network_unlock(ctx)
+    assert os.listdir(path) == ["netdev-9.img"]

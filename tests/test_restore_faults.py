@@ -1,0 +1,195 @@
+"""A restore that fails at any link leaves nothing behind: mocked netlink, then real links."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from conftest import Net, Procs, ip, link_names, unique
+
+from criu_macvlan import macvlan_pb2 as pb
+from criu_macvlan import netlink, plugin
+from criu_macvlan.context import ActionContext, ImagesDir, Mode
+from criu_macvlan.errors import NetlinkError
+
+N = 4
+
+
+def make_link(i: int) -> pb.macvlan_link:
+    return pb.macvlan_link(
+        name=f"mv{i}", ifindex=100 + i, mode=4, address=bytes([2, 0, 0, 0, 0x10, i]), mtu=1500, link_flags=1
+    )
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> Iterator[ActionContext]:
+    images = ImagesDir.open(str(tmp_path))
+    try:
+        yield ActionContext(action="setup-namespaces", mode=Mode.RPC, images=images, log=logging.getLogger("t"))
+    finally:
+        images.close()
+
+
+# ------------------------------------------------------------- mocked netlink
+
+
+class FakeRtnl:
+    """Stands in for netlink.Rtnl; records calls; ``create_macvlan`` fails at position ``fail_at``."""
+
+    calls: ClassVar[list[tuple[str, Any]]] = []
+    fail_at: int | None = None
+    fail_delete: bool = False
+    fail_l3: bool = False
+
+    def __init__(self, netns_fd: int | None = None) -> None:
+        self.where = "host" if netns_fd is None else "inside"
+
+    def __enter__(self) -> FakeRtnl:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        FakeRtnl.calls.append(("close", self.where))
+
+    def links(self) -> list[Any]:
+        return []
+
+    def create_macvlan(self, link: pb.macvlan_link, parent_index: int, target_fd: int) -> None:
+        position = sum(1 for c in FakeRtnl.calls if c[0] == "create")
+        FakeRtnl.calls.append(("create", link.name))
+        if position == FakeRtnl.fail_at:
+            raise NetlinkError("Invalid argument (errno 22)")
+
+    def delete_link(self, index: int) -> bool:
+        FakeRtnl.calls.append(("delete", index))
+        if FakeRtnl.fail_delete:
+            raise NetlinkError(f"cannot delete link {index}: Device or resource busy (errno 16)")
+        return True
+
+    def set_up(self, index: int) -> None:
+        if FakeRtnl.fail_l3:
+            raise NetlinkError(f"cannot set link {index} up: Network is down (errno 100)")
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeRtnl]:
+    FakeRtnl.calls = []
+    FakeRtnl.fail_at = None
+    FakeRtnl.fail_delete = False
+    FakeRtnl.fail_l3 = False
+    monkeypatch.setattr(netlink, "Rtnl", FakeRtnl)
+
+    def resolve(host: object, plan: list[plugin.Planned]) -> None:
+        for i, item in enumerate(plan):
+            item.parent_index = 50 + i
+
+    monkeypatch.setattr(plugin, "_resolve_parents", resolve)
+    return FakeRtnl
+
+
+def plan_of(n: int) -> list[plugin.Planned]:
+    return [plugin.Planned(make_link(i), f"p{i}") for i in range(n)]
+
+
+@pytest.mark.parametrize("k", range(N))
+def test_injected_failure_at_position_k_removes_earlier_links_in_reverse(
+    fake: type[FakeRtnl], ctx: ActionContext, k: int
+) -> None:
+    fake.fail_at = k
+    with pytest.raises(NetlinkError) as info:
+        plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+    assert str(info.value) == f"cannot create macvlan 'mv{k}' on 'p{k}': Invalid argument (errno 22)"
+    creates = [c[1] for c in fake.calls if c[0] == "create"]
+    deletes = [c[1] for c in fake.calls if c[0] == "delete"]
+    assert creates == [f"mv{i}" for i in range(k + 1)]
+    assert deletes == [100 + i for i in reversed(range(k))]
+    assert fake.calls[-2:] == [("close", "inside"), ("close", "host")]  # sockets closed after cleanup
+
+
+def test_no_failure_deletes_nothing(fake: type[FakeRtnl], ctx: ActionContext) -> None:
+    plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+    assert [c[1] for c in fake.calls if c[0] == "create"] == [f"mv{i}" for i in range(N)]
+    assert not [c for c in fake.calls if c[0] == "delete"]
+
+
+def test_failure_after_all_links_removes_all(fake: type[FakeRtnl], ctx: ActionContext) -> None:
+    fake.fail_l3 = True
+    with pytest.raises(NetlinkError, match="cannot set link 100 up"):
+        plugin.restore_links(plan_of(N), target=-1, with_l3=True, ctx=ctx)
+    assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 102, 101, 100]
+
+
+def test_failing_cleanup_reports_the_first_error(
+    fake: type[FakeRtnl], ctx: ActionContext, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.fail_at = 2
+    fake.fail_delete = True
+    with pytest.raises(NetlinkError, match="cannot create macvlan 'mv2'"):
+        plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+    assert [c[1] for c in fake.calls if c[0] == "delete"] == [101, 100]  # still tries every one
+    assert caplog.text.count("could not remove") == 2
+
+
+def test_interrupt_during_create_still_cleans_up(fake: type[FakeRtnl], ctx: ActionContext,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """KeyboardInterrupt/SystemExit (e.g. the RPC driver shutting down) also rolls back."""
+    real = FakeRtnl.create_macvlan
+
+    def interrupted(self: FakeRtnl, link: pb.macvlan_link, parent_index: int, target_fd: int) -> None:
+        real(self, link, parent_index, target_fd)
+        if link.name == "mv1":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FakeRtnl, "create_macvlan", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+    # mv1 was made before the interrupt but never recorded as ours: only mv0 is removed
+    assert [c[1] for c in fake.calls if c[0] == "delete"] == [100]
+
+
+# --------------------------------------------------------------- real links
+
+
+def passthru_blocked_parent(net: Net) -> str:
+    """A parent on which no further macvlan can be made (it has a passthru macvlan): EINVAL."""
+    parent = net.veth("pf")
+    blocker = unique("pt")
+    ip("link", "add", blocker, "link", parent, "type", "macvlan", "mode", "passthru")
+    net.created.append(blocker)
+    return parent
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("k", range(N))
+def test_real_failure_at_position_k_leaves_target_netns_empty(
+    net: Net, procs: Procs, ctx: ActionContext, k: int
+) -> None:
+    parents = [passthru_blocked_parent(net) if i == k else net.veth("pr") for i in range(N)]
+    pid = procs.tree()
+    plan = [plugin.Planned(make_link(i), parents[i]) for i in range(N)]
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        with pytest.raises(NetlinkError) as info:
+            plugin.restore_links(plan, target, with_l3=False, ctx=ctx)
+    finally:
+        os.close(target)
+    assert str(info.value).startswith(f"cannot create macvlan 'mv{k}' on '{parents[k]}': Invalid argument")
+    assert link_names(pid) == {"lo"}
+    assert not link_names() & {f"mv{i}" for i in range(N)}  # nothing landed in the host netns either
+
+
+@pytest.mark.integration
+def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: ActionContext) -> None:
+    parents = [net.veth("pr") for _ in range(2)]
+    pid = procs.tree()
+    plan = [plugin.Planned(make_link(i), parents[i]) for i in range(2)]
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        plugin.restore_links(plan, target, with_l3=False, ctx=ctx)
+        plugin.restore_links(plan, target, with_l3=False, ctx=ctx)  # repeated action: no change, no error
+    finally:
+        os.close(target)
+    assert link_names(pid) == {"lo", "mv0", "mv1"}
