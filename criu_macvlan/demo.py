@@ -64,12 +64,18 @@ class Interrupted(BaseException):
     """SIGINT or SIGTERM: stop, clean up, fail."""
 
 
+def say(text: str) -> None:
+    """One line in a single write: a signal handler (SIGINT/SIGTERM) can't split it."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def step(text: str) -> None:
-    print(text, flush=True)
+    say(text)
 
 
 def detail(text: str) -> None:
-    print(f"      {text}", flush=True)
+    say(f"      {text}")
 
 
 # ------------------------------------------------------------------ the lab
@@ -485,7 +491,7 @@ def criu_cli(criu_bin: str, env: dict[str, str]) -> Criu:
         res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
                              env={**os.environ, **env})
         if res.returncode != 0:
-            print(_log_tail(images_dir / log), flush=True)
+            say(_log_tail(images_dir / log))
             raise DemoError(f"criu {args[0]} failed (exit {res.returncode}), see {images_dir / log}")
 
     def dump(pid: int, images_dir: Path) -> None:
@@ -763,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
             run(report, args.criu, args.keep, sys.executable)
     except CriuError as exc:
         if exc.log_tail:
-            print("\n".join(f"      | {line}" for line in exc.log_tail.splitlines()[-8:]), flush=True)
+            say("\n".join(f"      | {line}" for line in exc.log_tail.splitlines()[-8:]))
         report.error = str(exc)
     except (DemoError, CriuMacvlanError) as exc:
         report.error = str(exc)
@@ -774,14 +780,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(asdict(report), indent=1))
     if report.images_dir:
-        print(f"      images and CRIU logs kept in {report.images_dir}")
+        say(f"      images and CRIU logs kept in {report.images_dir}")
     if report.error:
-        print(f"demo: FAILED: {report.error}", flush=True)
+        say(f"demo: FAILED: {report.error}")
         return 1
-    print(f"demo: SUCCESS: the service moved from {report.nic_a} to {report.nic_b} with its TCP connection; "
-          f"{len(report.replies)} messages, 0 lost, 0 repeated; frozen {report.freeze_ms} ms, "
-          f"dump {report.dump_ms} ms, restore {report.restore_ms} ms, "
-          f"client-observed downtime {report.downtime_ms} ms", flush=True)
+    say(f"demo: SUCCESS: the service moved from {report.nic_a} to {report.nic_b} with its TCP connection; "
+        f"{len(report.replies)} messages, 0 lost, 0 repeated; frozen {report.freeze_ms} ms, "
+        f"dump {report.dump_ms} ms, restore {report.restore_ms} ms, "
+        f"client-observed downtime {report.downtime_ms} ms")
     return 0
 
 
