@@ -199,3 +199,10 @@ def test_handled_actions_cache_read_only_prefix(
     monkeypatch.setattr(sys, "prefix", str(blocker))  # share/ cannot be made under a file
     manager.write_actions_cache(manager.plugin_manager(entry_points=False))  # best effort: no exception
     assert blocker.read_text() == ""
+
+
+def test_every_hook_is_documented_in_the_readme() -> None:
+    """As datasette does: a hook users cannot find in the README does not exist for them."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    missing = [name for name in hookspecs.ACTIONS.values() if f"`{name}`" not in readme]
+    assert missing == []
