@@ -51,3 +51,17 @@ def test_installed_hook_imports_the_installed_package(installed: Path, tmp_path:
     )
     assert str(installed) in probe.stdout
     assert sys.prefix != str(installed)
+
+
+def test_hook_never_imports_from_its_working_directory(installed: Path, tmp_path: Path) -> None:
+    """CRIU runs the hook in the images/work dir: a module planted there must not be imported."""
+    planted = tmp_path / "criu_macvlan"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("raise SystemExit(99)\n")
+    (tmp_path / "pluggy.py").write_text("raise SystemExit(98)\n")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CRTOOLS_", "CRIU_MACVLAN_"))}
+    res = subprocess.run(
+        [str(installed / "bin" / "criu-macvlan-action")], env=clean | {"CRTOOLS_SCRIPT_ACTION": "pre-restore",
+        "CRTOOLS_IMAGE_DIR": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True, check=False,
+    )
+    assert res.returncode == 0, res.stderr
