@@ -23,7 +23,6 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from . import mappings
 from .errors import UsageError
@@ -127,7 +126,8 @@ def criu_pid_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:
 
 def read_cmdline(pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
     except OSError:
         return []
     return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0") if a]

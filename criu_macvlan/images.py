@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import secrets
 import struct
 import sys
 from collections.abc import Iterable, Sequence
@@ -124,6 +123,11 @@ def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | N
     return data
 
 
+def _random_suffix() -> str:
+    """Of a temp file name (os.urandom: the ``secrets`` module costs each action ~8 ms of imports)."""
+    return os.urandom(4).hex()
+
+
 def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
     """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one.
 
@@ -137,7 +141,7 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
 
 
 def _replace(dir_fd: int, name: str, data: bytes) -> None:
-    tmp = f"{TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = f"{TMP_PREFIX}{os.getpid()}-{_random_suffix()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:

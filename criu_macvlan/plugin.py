@@ -19,7 +19,6 @@ Restore:
 from __future__ import annotations
 
 import os
-import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import images
@@ -89,7 +88,7 @@ class MacvlanPlugin:
                     f"macvlan {link.name!r} sits on a parent inside the dumped network namespace "
                     f"(ifindex {link.parent.ifindex}); only parents outside it can be remapped"
                 )
-        head = pb.macvlan_head(hostname=socket.gethostname(), netns_inode=inode)
+        head = pb.macvlan_head(hostname=os.uname().nodename, netns_inode=inode)
         if ctx.empty_ns is not None:
             head.empty_ns = ctx.empty_ns
         images.write_atomic(dir_fd, images.STAGED, images.encode(head, links))

@@ -52,8 +52,12 @@ if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 stamp=.venv/.installed
-if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -e "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ hooks/criu-macvlan-action -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q --config-settings editable_mode=compat -e '.[test]'
     touch "$stamp"
 fi
+# Byte-compile the package: with PYTHONDONTWRITEBYTECODE set (as in this project's
+# shells and CI) Python never writes .pyc itself, and every action-script run would
+# compile criu_macvlan from source again. Cheap when nothing changed.
+.venv/bin/python -m compileall -q criu_macvlan

@@ -474,7 +474,7 @@ def test_temp_file_creation_never_follows_a_link(imgdir: tuple[Path, int], tmp_p
     d, fd = imgdir
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    monkeypatch.setattr(images.secrets, "token_hex", lambda n: "guessed")
+    monkeypatch.setattr(images, "_random_suffix", lambda: "guessed")
     (d / f"{images.TMP_PREFIX}{os.getpid()}-guessed").symlink_to(victim)
     with pytest.raises(ImageError, match="File exists"):
         images.write_atomic(fd, images.SIDECAR, b"x")
