@@ -22,7 +22,7 @@ import socket
 import struct
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -192,6 +192,7 @@ def _errmsg(exc: BaseException) -> str:
 
 
 DUMP_RETRIES = 10
+Keep = Callable[[Any], Any]  # a dump's reply -> what to keep of it, or None
 
 
 class Rtnl:
@@ -200,7 +201,7 @@ class Rtnl:
     def __init__(self, netns_fd: int | None = None) -> None:
         try:
             with entered(netns_fd):
-                self._sock: Any = NetlinkSocket(NETLINK_ROUTE)
+                self._sock: Any = NetlinkSocket(NETLINK_ROUTE, nlm_generator=True)
             self._sock.marshal = _Marshal()
             self._sock.bind()
         except OSError as exc:
@@ -215,24 +216,32 @@ class Rtnl:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, msg: Any, msg_type: int, flags: int) -> list[Any]:
+    def _request(self, msg: Any, msg_type: int, flags: int, keep: Keep | None = None) -> list[Any]:
+        """The replies, or what ``keep`` makes of each as it arrives (``None``: dropped).
+
+        With ``keep`` a dump of thousands of links never holds all of pyroute2's
+        parsed messages at once (each is tens of kB).
+        """
         # A dump races with changes elsewhere in the netns (NLM_F_DUMP_INTR): retry it.
-        for _ in range(DUMP_RETRIES - 1):
+        for attempt in range(DUMP_RETRIES):
             try:
-                return list(self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
-            except _DumpInterrupted:
-                continue
-        try:
-            return list(self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags))
-        except _DumpInterrupted as exc:
-            raise NetlinkError(f"netlink dump interrupted {DUMP_RETRIES} times: the netns keeps changing") from exc
+                replies = self._sock.nlm_request(msg, msg_type=msg_type, msg_flags=flags)
+                if keep is None:
+                    return list(replies)
+                return [item for item in map(keep, replies) if item is not None]
+            except _DumpInterrupted as exc:
+                if attempt == DUMP_RETRIES - 1:
+                    raise NetlinkError(
+                        f"netlink dump interrupted {DUMP_RETRIES} times: the netns keeps changing"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ reading
 
-    def links(self) -> list[Any]:
+    def links(self, keep: Keep | None = None) -> list[Any]:
         msg = ifinfmsg()
         msg["family"] = socket.AF_UNSPEC
-        return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP)
+        return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
     def link(self, *, name: str | None = None, index: int | None = None) -> Any | None:
         """One link by name or index, or ``None`` if there is none."""
@@ -250,15 +259,15 @@ class Rtnl:
             raise NetlinkError(f"cannot look up link {name or index}: {_errmsg(exc)}") from exc
         return found[0] if found else None
 
-    def addresses(self) -> list[Any]:
+    def addresses(self, keep: Keep | None = None) -> list[Any]:
         msg = ifaddrmsg()
         msg["family"] = socket.AF_UNSPEC
-        return self._request(msg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP)
+        return self._request(msg, RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
-    def routes(self) -> list[Any]:
+    def routes(self, keep: Keep | None = None) -> list[Any]:
         msg = rtmsg()
         msg["family"] = socket.AF_UNSPEC
-        return self._request(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP)
+        return self._request(msg, RTM_GETROUTE, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
     def nsid_of(self, netns_fd: int) -> int | None:
         """The id this socket's netns uses for the netns ``netns_fd`` (``None``: none assigned)."""
@@ -536,22 +545,32 @@ def read_macvlans(netns_fd: int, host_fd: int, with_l3: bool = True) -> list[pb.
     kernel's own prefix and local routes).
     """
     with Rtnl(netns_fd) as rtnl:
-        links = [to_macvlan(m) for m in rtnl.links() if link_kind(m) == "macvlan"]
+        links: list[pb.macvlan_link] = rtnl.links(lambda m: to_macvlan(m) if link_kind(m) == "macvlan" else None)
         if not links:
             return []
         host_nsid = rtnl.nsid_of(host_fd)
         if with_l3:
             by_index = {link.ifindex: link for link in links}
-            for msg in rtnl.addresses():
+
+            # Kept as (owner, entry) pairs and added once the dump is complete:
+            # an interrupted dump is retried from the start.
+            def addr_of(msg: Any) -> tuple[pb.macvlan_link, pb.macvlan_addr] | None:
                 owner = by_index.get(msg["index"])
-                if owner is not None and not is_kernel_address(msg):
-                    owner.addrs.append(to_addr(msg))
-            for msg in rtnl.routes():
+                if owner is None or is_kernel_address(msg):
+                    return None
+                return owner, to_addr(msg)
+
+            def route_of(msg: Any) -> tuple[pb.macvlan_link, pb.macvlan_route] | None:
                 owner = by_index.get(msg.get_attr("RTA_OIF"))
-                if owner is not None and msg.get_attr("RTA_MULTIPATH") is None:
-                    route = to_route(msg)
-                    if not _is_kernel_route(route):
-                        owner.routes.append(route)
+                if owner is None or msg.get_attr("RTA_MULTIPATH") is not None:
+                    return None
+                route = to_route(msg)
+                return None if _is_kernel_route(route) else (owner, route)
+
+            for owner, addr in rtnl.addresses(addr_of):
+                owner.addrs.append(addr)
+            for owner, route in rtnl.routes(route_of):
+                owner.routes.append(route)
     parents = [link.parent for link in links if host_nsid is not None]
     parents = [p for p in parents if p.HasField("link_netnsid") and p.link_netnsid == host_nsid]
     if parents:
