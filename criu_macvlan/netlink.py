@@ -22,7 +22,7 @@ import socket
 import struct
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -192,6 +192,7 @@ def _errmsg(exc: BaseException) -> str:
 
 
 DUMP_RETRIES = 10
+BATCH_BYTES = 32 << 10  # of RTM_NEWLINK requests per send (the socket's send buffer is ~200 kB)
 Keep = Callable[[Any], Any]  # a dump's reply -> what to keep of it, or None
 
 
@@ -284,38 +285,48 @@ class Rtnl:
 
     def create_macvlan(self, link: pb.macvlan_link, parent_index: int, target_fd: int) -> None:
         """Create ``link`` in the netns ``target_fd``, attached to ``parent_index`` of this netns."""
-        data: list[tuple[str, Any]] = [("IFLA_MACVLAN_MODE", link.mode)]
-        if link.HasField("flags"):
-            data.append(("IFLA_MACVLAN_FLAGS", link.flags))
-        if link.source_macs:
-            data.append(("IFLA_MACVLAN_MACADDR_MODE", MACADDR_SET))
-            macs = [("IFLA_MACVLAN_MACADDR", mac_to_str(m)) for m in link.source_macs]
-            data.append(("IFLA_MACVLAN_MACADDR_DATA", {"attrs": macs}))
-        if link.HasField("bc_queue_len"):
-            data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", link.bc_queue_len))
-        if link.HasField("bc_cutoff"):
-            data.append(("IFLA_MACVLAN_BC_CUTOFF", link.bc_cutoff))
-        msg = ifinfmsg()
-        msg["family"] = socket.AF_UNSPEC
-        msg["index"] = link.ifindex
-        attrs: list[tuple[str, Any]] = [
-            ("IFLA_IFNAME", link.name),
-            ("IFLA_ADDRESS", mac_to_str(link.address)),
-            ("IFLA_MTU", link.mtu),
-            ("IFLA_LINK", parent_index),
-            ("IFLA_NET_NS_FD", target_fd),
-            (
-                "IFLA_LINKINFO",
-                {"attrs": [("IFLA_INFO_KIND", "macvlan"), ("IFLA_INFO_DATA", {"attrs": data})]},
-            ),
-        ]
-        if link.HasField("txqlen"):
-            attrs.append(("IFLA_TXQLEN", link.txqlen))
-        msg["attrs"] = attrs
+        ((_, error),) = self.create_macvlans([(link, parent_index)], target_fd)
+        if error is not None:
+            raise error
+
+    def create_macvlans(
+        self, items: Sequence[tuple[pb.macvlan_link, int]], target_fd: int
+    ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
+        """Create each ``(link, parent_index)`` in the netns ``target_fd``: ``(link, error or None)`` each.
+
+        The requests go out back to back, a batch of about ``BATCH_BYTES`` per send,
+        and the ACKs are read after each batch: one round trip per batch, not per
+        link. The kernel handles every request of a batch on its own, so links after
+        a failed one in the same batch may exist; no further batch is sent after a
+        failure, and the result has an entry for every link sent.
+        """
+        results: list[tuple[pb.macvlan_link, NetlinkError | None]] = []
+        batch: list[tuple[pb.macvlan_link, Any]] = []
+        size = 0
+        for i, (link, parent_index) in enumerate(items):
+            batch.append((link, _macvlan_msg(link, parent_index, target_fd)))
+            size += 128 + 12 * len(link.source_macs)
+            if size >= BATCH_BYTES or i == len(items) - 1:
+                results += self._send_batch(batch)
+                if any(error is not None for _, error in results):
+                    break
+                batch, size = [], 0
+        return results
+
+    def _send_batch(
+        self, batch: list[tuple[pb.macvlan_link, Any]]
+    ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
+        msgs = [msg for _, msg in batch]
         try:
-            self._request(msg, RTM_NEWLINK, NLM_F_NEW)
+            replies = list(self._sock.nlm_request_batch(msgs, noraise=True))
         except _PyrNetlinkError as exc:
-            raise NetlinkError(_errmsg(exc)) from exc
+            return [(link, NetlinkError(_errmsg(exc))) for link, _ in batch]
+        errors = {}
+        for reply in replies:
+            failed = reply["header"]["error"]
+            if failed is not None:
+                errors[reply["header"]["sequence_number"]] = NetlinkError(_errmsg(failed))
+        return [(link, errors.get(msg["header"]["sequence_number"])) for link, msg in batch]
 
     def set_up(self, index: int) -> None:
         msg = ifinfmsg()
@@ -404,6 +415,41 @@ class Rtnl:
                 return
             where = ip_to_str(fam, route.dst) if route.HasField("dst") else "default"
             raise NetlinkError(f"cannot add route {where}/{route.dst_len}: {_errmsg(exc)}") from exc
+
+
+def _macvlan_msg(link: pb.macvlan_link, parent_index: int, target_fd: int) -> Any:
+    """The RTM_NEWLINK request that makes ``link`` in ``target_fd`` on ``parent_index``."""
+    data: list[tuple[str, Any]] = [("IFLA_MACVLAN_MODE", link.mode)]
+    if link.HasField("flags"):
+        data.append(("IFLA_MACVLAN_FLAGS", link.flags))
+    if link.source_macs:
+        data.append(("IFLA_MACVLAN_MACADDR_MODE", MACADDR_SET))
+        macs = [("IFLA_MACVLAN_MACADDR", mac_to_str(m)) for m in link.source_macs]
+        data.append(("IFLA_MACVLAN_MACADDR_DATA", {"attrs": macs}))
+    if link.HasField("bc_queue_len"):
+        data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", link.bc_queue_len))
+    if link.HasField("bc_cutoff"):
+        data.append(("IFLA_MACVLAN_BC_CUTOFF", link.bc_cutoff))
+    msg = ifinfmsg()
+    msg["family"] = socket.AF_UNSPEC
+    msg["index"] = link.ifindex
+    attrs: list[tuple[str, Any]] = [
+        ("IFLA_IFNAME", link.name),
+        ("IFLA_ADDRESS", mac_to_str(link.address)),
+        ("IFLA_MTU", link.mtu),
+        ("IFLA_LINK", parent_index),
+        ("IFLA_NET_NS_FD", target_fd),
+        (
+            "IFLA_LINKINFO",
+            {"attrs": [("IFLA_INFO_KIND", "macvlan"), ("IFLA_INFO_DATA", {"attrs": data})]},
+        ),
+    ]
+    if link.HasField("txqlen"):
+        attrs.append(("IFLA_TXQLEN", link.txqlen))
+    msg["attrs"] = attrs
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["header"]["flags"] = NLM_F_NEW
+    return msg
 
 
 IFA_F_NODAD = 0x02

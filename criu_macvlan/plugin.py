@@ -301,6 +301,7 @@ def restore_links(plan: list[Planned], target: int, with_l3: bool, ctx: ActionCo
         existing = _existing(inside)
         by_name = {msg.get_attr("IFLA_IFNAME"): msg for msg in existing.values()}
         try:
+            todo: list[Planned] = []
             for item in plan:
                 link = item.link
                 there = existing.get(link.ifindex)
@@ -313,11 +314,12 @@ def restore_links(plan: list[Planned], target: int, with_l3: bool, ctx: ActionCo
                         f"cannot create macvlan {link.name!r} (ifindex {link.ifindex}) on {item.parent!r}: "
                         f"the target netns already has {clash!r}"
                     )
-                try:
-                    host.create_macvlan(link, item.parent_index, target)
-                except NetlinkError as exc:
-                    raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {exc}") from exc
-                created.append(link)
+                todo.append(item)
+            results = host.create_macvlans([(item.link, item.parent_index) for item in todo], target)
+            created += [link for link, error in results if error is None]
+            for item, (link, error) in zip(todo, results, strict=False):  # no results past a failed batch
+                if error is not None:
+                    raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {error}") from error
             if with_l3:
                 _restore_l3([item.link for item in plan], inside)
         except BaseException:

@@ -38,12 +38,15 @@ def ctx(tmp_path: Path) -> Iterator[ActionContext]:
 
 
 class FakeRtnl:
-    """Stands in for netlink.Rtnl; records calls; ``create_macvlan`` fails at position ``fail_at``."""
+    """Stands in for netlink.Rtnl; records calls; the create request at position ``fail_at`` fails.
+
+    Like the kernel with a batch of requests, every other request still succeeds.
+    """
 
     calls: ClassVar[list[tuple[str, Any]]] = []
     fail_at: int | None = None
     fail_delete: bool = False
-    fail_l3: bool = False
+    fail_l3: bool | str = False
 
     def __init__(self, netns_fd: int | None = None) -> None:
         self.where = "host" if netns_fd is None else "inside"
@@ -57,11 +60,16 @@ class FakeRtnl:
     def links(self) -> list[Any]:
         return []
 
-    def create_macvlan(self, link: pb.macvlan_link, parent_index: int, target_fd: int) -> None:
-        position = sum(1 for c in FakeRtnl.calls if c[0] == "create")
-        FakeRtnl.calls.append(("create", link.name))
-        if position == FakeRtnl.fail_at:
-            raise NetlinkError("Invalid argument (errno 22)")
+    def create_macvlans(
+        self, items: list[tuple[pb.macvlan_link, int]], target_fd: int
+    ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
+        results: list[tuple[pb.macvlan_link, NetlinkError | None]] = []
+        for link, _ in items:
+            position = sum(1 for c in FakeRtnl.calls if c[0] == "create")
+            FakeRtnl.calls.append(("create", link.name))
+            failed = position == FakeRtnl.fail_at
+            results.append((link, NetlinkError("Invalid argument (errno 22)") if failed else None))
+        return results
 
     def delete_link(self, index: int) -> bool:
         FakeRtnl.calls.append(("delete", index))
@@ -70,6 +78,8 @@ class FakeRtnl:
         return True
 
     def set_up(self, index: int) -> None:
+        if FakeRtnl.fail_l3 == "interrupt":
+            raise KeyboardInterrupt
         if FakeRtnl.fail_l3:
             raise NetlinkError(f"cannot set link {index} up: Network is down (errno 100)")
 
@@ -95,7 +105,7 @@ def plan_of(n: int) -> list[plugin.Planned]:
 
 
 @pytest.mark.parametrize("k", range(N))
-def test_injected_failure_at_position_k_removes_earlier_links_in_reverse(
+def test_injected_failure_at_position_k_removes_every_link_made_in_reverse(
     fake: type[FakeRtnl], ctx: ActionContext, k: int
 ) -> None:
     fake.fail_at = k
@@ -104,8 +114,8 @@ def test_injected_failure_at_position_k_removes_earlier_links_in_reverse(
     assert str(info.value) == f"cannot create macvlan 'mv{k}' on 'p{k}': Invalid argument (errno 22)"
     creates = [c[1] for c in fake.calls if c[0] == "create"]
     deletes = [c[1] for c in fake.calls if c[0] == "delete"]
-    assert creates == [f"mv{i}" for i in range(k + 1)]
-    assert deletes == [100 + i for i in reversed(range(k))]
+    assert creates == [f"mv{i}" for i in range(N)]  # one batch: the kernel makes the others
+    assert deletes == [100 + i for i in reversed(range(N)) if i != k]
     assert fake.calls[-2:] == [("close", "inside"), ("close", "host")]  # sockets closed after cleanup
 
 
@@ -129,25 +139,16 @@ def test_failing_cleanup_reports_the_first_error(
     fake.fail_delete = True
     with pytest.raises(NetlinkError, match="cannot create macvlan 'mv2'"):
         plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
-    assert [c[1] for c in fake.calls if c[0] == "delete"] == [101, 100]  # still tries every one
-    assert caplog.text.count("could not remove") == 2
+    assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 101, 100]  # still tries every one
+    assert caplog.text.count("could not remove") == 3
 
 
-def test_interrupt_during_create_still_cleans_up(fake: type[FakeRtnl], ctx: ActionContext,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupt_after_the_links_still_cleans_up(fake: type[FakeRtnl], ctx: ActionContext) -> None:
     """KeyboardInterrupt/SystemExit (e.g. the RPC driver shutting down) also rolls back."""
-    real = FakeRtnl.create_macvlan
-
-    def interrupted(self: FakeRtnl, link: pb.macvlan_link, parent_index: int, target_fd: int) -> None:
-        real(self, link, parent_index, target_fd)
-        if link.name == "mv1":
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(FakeRtnl, "create_macvlan", interrupted)
+    fake.fail_l3 = "interrupt"
     with pytest.raises(KeyboardInterrupt):
-        plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
-    # mv1 was made before the interrupt but never recorded as ours: only mv0 is removed
-    assert [c[1] for c in fake.calls if c[0] == "delete"] == [100]
+        plugin.restore_links(plan_of(N), target=-1, with_l3=True, ctx=ctx)
+    assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 102, 101, 100]
 
 
 # --------------------------------------------------------------- real links
@@ -163,10 +164,13 @@ def passthru_blocked_parent(net: Net) -> str:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("batch", ["one batch", "batches of two"])
 @pytest.mark.parametrize("k", range(N))
 def test_real_failure_at_position_k_leaves_target_netns_empty(
-    net: Net, procs: Procs, ctx: ActionContext, k: int
+    net: Net, procs: Procs, ctx: ActionContext, k: int, batch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    if batch == "batches of two":
+        monkeypatch.setattr(netlink, "BATCH_BYTES", 256)
     parents = [passthru_blocked_parent(net) if i == k else net.veth("pr") for i in range(N)]
     pid = procs.tree()
     plan = [plugin.Planned(make_link(i), parents[i]) for i in range(N)]
