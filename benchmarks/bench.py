@@ -14,8 +14,9 @@ Groups (each path's ratio is against the group's native path on the same N):
 * ``cmdline`` -- whole processes: ``criu --action-script hooks/criu-macvlan-action``
   and ``criu-macvlan restore`` (our CLI) vs plain ``criu`` (``--external macvlan[...]``).
 * ``actions`` -- the hook alone through the shell shim, outside CRIU, with a prepared
-  images dir and netns: an action no plugin handles, ``pre-dump``, ``post-dump``,
-  ``setup-namespaces``; wall time and peak RSS of the hook process.
+  images dir and netns: an action no plugin handles, ``pre-dump``, ``post-dump`` (after
+  an untimed pre-dump of the same stand-in CRIU process, as in a real dump: served by the
+  warm helper; and alone), ``setup-namespaces``; wall time and peak RSS of the hook process.
 
 Writes ``latest.md``, ``latest.json`` and (with matplotlib, ``pip install -e .[bench]``)
 ``latest.png`` to ``--out``. Needs root, criu, iproute2 and util-linux. Everything it
@@ -458,6 +459,15 @@ def hook_env(action: str, images: str, pid: int | None = None, config: str | Non
     return env
 
 
+def stand_in_criu(images: str) -> subprocess.Popen[bytes]:
+    """A process holding ``images`` open as fd 9, as CRIU does: hooks get ``/proc/<it>/fd/9``."""
+    criu = subprocess.Popen(["sh", "-c", 'exec 9<"$0"; exec sleep 1000000', images], stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while not os.path.exists(f"/proc/{criu.pid}/fd/9") and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return criu
+
+
 def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, HookStats]]) -> None:
     empty = lab.dir("empty-")
     many = max(runs, 20)
@@ -479,20 +489,32 @@ def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, H
         template = lab.dir("post-")
         criu_cli("dump", "-t", str(pid), "--leave-running", images=template, logname="dump.log")
         shutil.copy(os.path.join(staged_dir, ".criu-macvlan.staged"), template)
-        st = stats.setdefault("post-dump", {}).setdefault(str(n), HookStats())
+        # As in a real dump: CRIU (a stand-in holding the images dir) runs pre-dump
+        # (untimed: before the freeze; it leaves the warm helper) and then post-dump.
+        # "no warm helper": post-dump alone, a Python start of its own.
         restorable = ""
         for i in range(runs + 1):  # the last run under /usr/bin/time, for the RSS
-            work = lab.dir("postrun-")
-            shutil.copytree(template, work, dirs_exist_ok=True)
-            env = hook_env("post-dump", work, pid)
-            if i < runs:
-                st.wall.append(run_hook(env))
-            elif (rss := hook_rss(env)) is not None:
-                st.rss.append(rss)
-            if restorable:
-                shutil.rmtree(work)
-            else:
-                restorable = work
+            for label, warm in (("post-dump", True), ("post-dump (no warm helper)", False)):
+                st = stats.setdefault(label, {}).setdefault(str(n), HookStats())
+                work = lab.dir("postrun-")
+                shutil.copytree(template, work, dirs_exist_ok=True)
+                criu = stand_in_criu(work)
+                try:
+                    images = f"/proc/{criu.pid}/fd/9"
+                    if warm:
+                        run_hook(hook_env("pre-dump", images, pid))
+                    env = hook_env("post-dump", images, pid)
+                    if i < runs:
+                        st.wall.append(run_hook(env))
+                    elif (rss := hook_rss(env)) is not None:
+                        st.rss.append(rss)
+                finally:
+                    criu.kill()
+                    criu.wait()
+                if restorable or not warm:
+                    shutil.rmtree(work)
+                else:
+                    restorable = work
         lab.kill(pid)
         # setup-namespaces: recreate the links in a fresh netns from the committed images
         st = stats.setdefault("setup-namespaces", {}).setdefault(str(n), HookStats())

@@ -73,15 +73,21 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             log=log,
         )
         hooks.run(ctx)
+        if action == "pre-dump" and criuconf.criu_pid_from_env(env) == criu_pid:
+            from . import warm
+
+            helper = warm.start(criu_pid)
+            if helper is not None:
+                log.debug("warm helper %d serves the later actions of criu %d", helper, criu_pid)
     finally:
         if images.fd >= 0:
             images.close()
     return ExitCode.OK
 
 
-def main() -> int:
+def main(env: os._Environ[str] | dict[str, str] = os.environ) -> int:
     try:
-        return run(os.environ)
+        return run(env)
     except CriuMacvlanError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return exc.exit_code

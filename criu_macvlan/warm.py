@@ -1,0 +1,162 @@
+"""The warm helper: post-dump and network-unlock of one CRIU dump without a Python start.
+
+CRIU runs the action script as a new process per action, and ``post-dump`` runs
+while the tree is frozen: its Python start-up (interpreter, pluggy, protobuf:
+~100 ms) is downtime. ``pre-dump`` runs before the freeze, so after it has done
+its work it forks this helper, which keeps everything imported and serves the
+later actions of the **same CRIU process**:
+
+* it lives in ``/run/criu-macvlan/<criu-pid>/`` (mode 0700): FIFOs ``req`` and
+  ``rep`` (held open read-write by the helper, so the shim's opens never block
+  while it lives) and ``pid``;
+* the shim (``hooks/criu-macvlan-action``) checks that the helper is alive,
+  writes ``ACTION IMAGES-DIR INIT-PID TOKEN`` to ``req`` and reads ``TOKEN CODE``
+  from ``rep`` under ``timeout``: if the helper is gone, or does not answer, it
+  falls back to the normal Python path (both actions are idempotent);
+* the helper exits when CRIU exits (a pidfd), after ``IDLE_TIMEOUT`` without a
+  request, or on any error, removing its directory. It holds no fd of CRIU's: for
+  each request it writes to the requesting shim's stderr (CRIU's log).
+
+Best effort throughout: no helper (not root, no pidfd, ``CRIU_MACVLAN_NO_HELPER``
+set) just means the normal path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import sys
+
+RUN_DIR = "/run/criu-macvlan"
+SERVED = ("post-dump", "network-unlock")
+IDLE_TIMEOUT = 3600.0
+DISABLE_ENV = "CRIU_MACVLAN_NO_HELPER"
+
+
+def runtime_dir(criu_pid: int) -> str:
+    return f"{RUN_DIR}/{criu_pid}"
+
+
+def start(criu_pid: int) -> int | None:
+    """Fork a helper for CRIU process ``criu_pid``; its pid, or ``None`` if there is none."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0") or not hasattr(os, "pidfd_open"):
+        return None
+    path = runtime_dir(criu_pid)
+    fds: list[int] = []
+    try:
+        fds.append(os.pidfd_open(criu_pid))
+        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        shutil.rmtree(path, ignore_errors=True)  # an earlier helper's (it keeps its own fds)
+        os.mkdir(path, 0o700)
+        for name in ("req", "rep"):
+            os.mkfifo(f"{path}/{name}", 0o600)
+            fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
+        rd, wr = os.pipe()
+        child = os.fork()
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        for fd in fds:
+            os.close(fd)
+        return None
+    if child == 0:  # pragma: no cover - the forked helper (tested end to end)
+        code = 0
+        try:
+            os.close(rd)
+            os.setsid()
+            helper = os.fork()
+            if helper == 0:
+                os.close(wr)
+                _serve(criu_pid, path, *fds)
+            else:
+                os.write(wr, f"{helper}\n".encode())
+        except BaseException:
+            code = 1
+        os._exit(code)
+    os.close(wr)
+    for fd in fds:
+        os.close(fd)
+    with os.fdopen(rd, "rb") as f:
+        answer = f.read().strip()
+    os.waitpid(child, 0)
+    if not answer.isdigit():
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+    return int(answer)
+
+
+def _serve(criu_pid: int, path: str, pidfd: int, req: int, rep: int) -> None:  # pragma: no cover - forked
+    """The helper's loop; never returns."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on a plain kill too
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # stderr too: a caller reading CRIU's stderr must see EOF when CRIU exits
+            os.dup2(null, fd)
+        keep = {0, 1, 2, null, pidfd, req, rep}
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd not in keep:
+                with contextlib.suppress(OSError):  # the listing's own fd
+                    os.close(fd)
+        tmp = f"{path}/pid.tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(f"{os.getpid()}\n")
+        os.rename(tmp, f"{path}/pid")
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        poller.register(req, select.POLLIN)
+        pending = b""
+        while True:
+            events = poller.poll(int(IDLE_TIMEOUT * 1000))
+            if not events or any(fd == pidfd for fd, _ in events):
+                break  # idle, or CRIU is gone
+            pending += os.read(req, 4096)
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                answer = handle(line.decode("ascii", "replace"), criu_pid, null)
+                if answer:
+                    os.write(rep, answer.encode("ascii"))
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        sys.stderr.flush()
+        os._exit(0)
+
+
+_REQUEST = re.compile(r"(\S+) (/proc/(\d+)/fd/\d+) (\d+|-) (\d+)")
+
+
+def handle(line: str, criu_pid: int, null: int) -> str:
+    """Run one request line of the shim; the reply line (``TOKEN refused``: the shim runs Python).
+
+    The token is the shim's pid: the action's messages go to the shim's stderr
+    (CRIU's log, opened ``O_APPEND`` as CRIU does), as if it ran the action itself.
+    """
+    from .action import main
+
+    m = _REQUEST.fullmatch(line)
+    token = line.rpartition(" ")[2]
+    if m is None or m.group(1) not in SERVED or int(m.group(3)) != criu_pid:
+        return f"{token} refused\n" if token.isdigit() else ""
+    action, images, init_pid = m.group(1), m.group(2), m.group(4)
+    try:
+        err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError:  # e.g. a socket: the shim runs the action itself
+        return f"{token} refused\n"
+    env = dict(os.environ)
+    env.update(CRTOOLS_SCRIPT_ACTION=action, CRTOOLS_IMAGE_DIR=images)
+    env.pop("CRTOOLS_INIT_PID", None)
+    if init_pid != "-":
+        env["CRTOOLS_INIT_PID"] = init_pid
+    os.dup2(err, 2)
+    os.close(err)
+    try:
+        code = main(env)
+        logging.getLogger("criu_macvlan").debug("warm helper %d ran %s: exit code %d", os.getpid(), action, code)
+    finally:
+        sys.stderr.flush()
+        os.dup2(null, 2)
+    return f"{token} {code}\n"
+
