@@ -16,7 +16,8 @@ Groups (each path's ratio is against the group's native path on the same N):
 * ``actions`` -- the hook alone through the shell shim, outside CRIU, with a prepared
   images dir and netns: an action no plugin handles, ``pre-dump``, ``post-dump`` (after
   an untimed pre-dump of the same stand-in CRIU process, as in a real dump: served by the
-  warm helper; and alone), ``setup-namespaces``; wall time and peak RSS of the hook process.
+  warm helper, whose peak RSS counts as the hook's; and alone), ``setup-namespaces``; wall
+  time and peak RSS of the hook process.
 
 Writes ``latest.md``, ``latest.json`` and (with matplotlib, ``pip install -e .[bench]``)
 ``latest.png`` to ``--out``. Needs root, criu, iproute2 and util-linux. Everything it
@@ -468,6 +469,19 @@ def stand_in_criu(images: str) -> subprocess.Popen[bytes]:
     return criu
 
 
+def helper_hwm(criu_pid: int) -> int | None:
+    """Peak RSS (bytes) of the warm helper of ``criu_pid`` so far, if there is one."""
+    from criu_macvlan import warm
+
+    try:
+        pid = Path(warm.runtime_dir(criu_pid), "pid").read_text().strip()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    kib = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:")), None)
+    return int(kib) * 1024 if kib is not None and kib.isdigit() else None
+
+
 def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, HookStats]]) -> None:
     empty = lab.dir("empty-")
     many = max(runs, 20)
@@ -508,6 +522,8 @@ def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, H
                         st.wall.append(run_hook(env))
                     elif (rss := hook_rss(env)) is not None:
                         st.rss.append(rss)
+                    if warm and (hwm := helper_hwm(criu.pid)) is not None:
+                        st.rss.append(hwm)  # the helper ran post-dump: its memory counts
                 finally:
                     criu.kill()
                     criu.wait()

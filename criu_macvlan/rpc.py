@@ -35,18 +35,21 @@ Decisions:
 * CRIU >= 3.19 also runs ``action-script`` entries of its config files after each
   notification, so the hooks may see an action twice: they are idempotent.
 
-``import pycriu`` loads every CRIU image schema (~100 ms): it happens on the
-first request, not on ``import criu_macvlan.rpc``.
+pycriu's RPC messages load on the first request, not on ``import criu_macvlan.rpc``,
+and without the rest of pycriu (``import pycriu`` loads every image schema, ~90 ms).
 """
 
 from __future__ import annotations
 
 import array
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
 import socket
+import sys
+import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -101,10 +104,36 @@ def call_notify(notify: Notify, action: str, pid: int | None) -> None:
         method()
 
 
-def _pb() -> Any:
-    import pycriu.rpc_pb2 as rpc_pb2  # heavy: pycriu/__init__ loads every image schema
+def _pycriu(module: str) -> Any:
+    """``pycriu.<module>`` (``rpc_pb2`` or ``criu``), without running ``pycriu/__init__.py``.
 
-    return rpc_pb2
+    That ``__init__`` imports every CRIU image schema (~90 ms, paid by every CLI
+    command); the RPC messages and connection classes need none of them. A
+    placeholder package lets the submodule load alone and is removed afterwards,
+    so a later ``import pycriu`` still runs the real ``__init__`` (reusing the
+    submodules already loaded).
+    """
+    name = f"pycriu.{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if "pycriu" in sys.modules:
+        return importlib.import_module(name)
+    spec = importlib.util.find_spec("pycriu")
+    if spec is None or spec.submodule_search_locations is None:
+        raise CriuError("pycriu is not installed (Debian: apt-get install python3-pycriu)")
+    placeholder = types.ModuleType("pycriu")
+    placeholder.__path__ = list(spec.submodule_search_locations)
+    placeholder.__spec__ = spec
+    sys.modules["pycriu"] = placeholder
+    try:
+        return importlib.import_module(name)
+    finally:
+        if sys.modules.get("pycriu") is placeholder:
+            del sys.modules["pycriu"]
+
+
+def _pb() -> Any:
+    return _pycriu("rpc_pb2")
 
 
 def tail_of_log(dir_fd: int, name: str, lines: int = LOG_TAIL_LINES) -> str:
@@ -333,8 +362,7 @@ class Criu:
     # ---------------------------------------------------------- plumbing
 
     def _connect(self) -> tuple[Any, socket.socket]:
-        # pycriu/__init__ star-imports the class ``criu`` over its module ``criu``
-        pycriu_criu = importlib.import_module("pycriu.criu")
+        pycriu_criu = _pycriu("criu")
         comm: Any
         if self.service_socket is not None:
             comm = pycriu_criu._criu_comm_sk(self.service_socket)

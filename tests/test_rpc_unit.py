@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,18 @@ def test_api_is_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert callable(importlib.import_module("criu_macvlan").restore)
+
+
+def test_rpc_messages_load_without_the_image_schemas() -> None:
+    """pycriu's ``__init__`` loads every image schema: the driver skips it, a later ``import pycriu`` still works."""
+    code = (
+        "import sys\n"
+        "from criu_macvlan import rpc\n"
+        "pb = rpc._pb(); conn = rpc._pycriu('criu')\n"
+        "assert 'pycriu.images' not in sys.modules and 'pycriu' not in sys.modules, sorted(sys.modules)\n"
+        "assert pb.criu_opts(images_dir_fd=3).images_dir_fd == 3 and conn._criu_comm_bin\n"
+        "import pycriu, pycriu.images\n"
+        "assert pycriu.rpc is pb and pycriu.criu().opts is not None\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
