@@ -15,50 +15,31 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib.util
 import os
 import platform
 import socket
 import struct
-import sys
-import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
 from . import macvlan_pb2 as pb
 from .errors import NetlinkError
+from .lean import import_submodules
 
 
 def _import_pyroute2_lean() -> None:
-    """Import pyroute2's netlink layer without running ``pyroute2/__init__.py``.
+    """Import pyroute2's netlink layer without its package ``__init__`` (see :mod:`.lean`).
 
-    The package ``__init__`` imports every pyroute2 API (NDB, IPDB, conntrack, ...):
-    about four times the cost of the netlink layer we use, paid on every action.
-    A placeholder package lets us import the submodules alone; it is removed
-    afterwards, so a later ``import pyroute2`` elsewhere in the process still runs
-    the real ``__init__`` (reusing the submodules already loaded). While importing,
-    ``platform.architecture()`` (which pyroute2.config calls, and which runs
-    ``file(1)`` on the interpreter) answers from ``struct`` instead.
+    While importing, ``platform.architecture()`` (which pyroute2.config calls, and
+    which runs ``file(1)`` on the interpreter) answers from ``struct`` instead.
     """
-    if "pyroute2" in sys.modules:
-        return
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or spec.submodule_search_locations is None:
-        raise ImportError("pyroute2 is not installed")
-    placeholder = types.ModuleType("pyroute2")
-    placeholder.__path__ = list(spec.submodule_search_locations)
-    placeholder.__spec__ = spec
-    sys.modules["pyroute2"] = placeholder
     architecture = platform.architecture
     platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")
     try:
-        import pyroute2.netlink.nlsocket
-        import pyroute2.netlink.rtnl.ifinfmsg  # noqa: F401
+        import_submodules("pyroute2", "netlink.nlsocket", "netlink.rtnl.ifinfmsg")
     finally:
         platform.architecture = architecture
-        if sys.modules.get("pyroute2") is placeholder:
-            del sys.modules["pyroute2"]
 
 
 _import_pyroute2_lean()

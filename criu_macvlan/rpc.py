@@ -42,20 +42,17 @@ and without the rest of pycriu (``import pycriu`` loads every image schema, ~90 
 from __future__ import annotations
 
 import array
-import importlib
-import importlib.util
 import logging
 import os
 import shutil
 import socket
-import sys
-import types
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import mappings as mapmod
 from .context import ActionContext, ImagesDir, Mode
 from .errors import CriuError, CriuMacvlanError, ExitCode, HookError, UsageError
+from .lean import import_submodules
 
 if TYPE_CHECKING:
     from .manager import Hooks
@@ -105,31 +102,15 @@ def call_notify(notify: Notify, action: str, pid: int | None) -> None:
 
 
 def _pycriu(module: str) -> Any:
-    """``pycriu.<module>`` (``rpc_pb2`` or ``criu``), without running ``pycriu/__init__.py``.
+    """``pycriu.<module>`` (``rpc_pb2`` or ``criu``), without ``pycriu/__init__.py`` (see :mod:`.lean`).
 
     That ``__init__`` imports every CRIU image schema (~90 ms, paid by every CLI
-    command); the RPC messages and connection classes need none of them. A
-    placeholder package lets the submodule load alone and is removed afterwards,
-    so a later ``import pycriu`` still runs the real ``__init__`` (reusing the
-    submodules already loaded).
+    command); the RPC messages and connection classes need none of them.
     """
-    name = f"pycriu.{module}"
-    if name in sys.modules:
-        return sys.modules[name]
-    if "pycriu" in sys.modules:
-        return importlib.import_module(name)
-    spec = importlib.util.find_spec("pycriu")
-    if spec is None or spec.submodule_search_locations is None:
-        raise CriuError("pycriu is not installed (Debian: apt-get install python3-pycriu)")
-    placeholder = types.ModuleType("pycriu")
-    placeholder.__path__ = list(spec.submodule_search_locations)
-    placeholder.__spec__ = spec
-    sys.modules["pycriu"] = placeholder
     try:
-        return importlib.import_module(name)
-    finally:
-        if sys.modules.get("pycriu") is placeholder:
-            del sys.modules["pycriu"]
+        return import_submodules("pycriu", module)[0]
+    except ImportError as exc:
+        raise CriuError("pycriu is not installed (Debian: apt-get install python3-pycriu)") from exc
 
 
 def _pb() -> Any:
