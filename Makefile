@@ -19,8 +19,8 @@ demo: setup                 ## the live-migration demo (DEMO_ARGS='--path cli --
 	$(PY) -m criu_macvlan.demo $(DEMO_ARGS)
 
 proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from images/macvlan.proto
-	protoc --proto_path=. --python_out=build/proto images/macvlan.proto || \
-	  { mkdir -p build/proto && protoc --proto_path=. --python_out=build/proto images/macvlan.proto; }
+	mkdir -p build/proto
+	protoc --proto_path=. --python_out=build/proto images/macvlan.proto
 	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
 
 bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; ~15 min) -> benchmarks/results/latest.*
