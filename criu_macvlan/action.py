@@ -59,7 +59,8 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
         # CRIU closes the images dir before post-resume: its hooks get no fd.
         images = ImagesDir(fd=-1, path=path)
     try:
-        criu_pid = criuconf.criu_pid_from_env(env) or os.getppid()
+        env_pid = criuconf.criu_pid_from_env(env)
+        criu_pid = env_pid or os.getppid()
         opts = criuconf.load_for_criu(criu_pid)
         pid_text = env.get("CRTOOLS_INIT_PID", "")
         ctx = ActionContext(
@@ -73,7 +74,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             log=log,
         )
         hooks.run(ctx)
-        if action == "pre-dump" and criuconf.criu_pid_from_env(env) == criu_pid:
+        if action == "pre-dump" and env_pid is not None:
             from . import warm
 
             helper = warm.start(criu_pid)

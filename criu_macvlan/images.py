@@ -346,7 +346,11 @@ def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
 
 
 def summarize_netdev(dir_fd: int, name: str) -> NetdevSummary:
-    _, entries = read_netdev(dir_fd, name)
+    return summarize_entries(read_netdev(dir_fd, name)[1])
+
+
+def summarize_entries(entries: list[Any]) -> NetdevSummary:
+    """The macvlans among parsed ``net_device_entry`` messages."""
     summary = NetdevSummary([], [])
     for e in entries:
         key = (e.name, e.ifindex)

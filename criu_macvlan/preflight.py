@@ -43,14 +43,13 @@ def _netdev_devices(dir_fd: int, rep: Report) -> tuple[dict[str, images.NetdevSu
     devices: list[tuple[str, int, bool]] = []
     for name in images.netdev_images(dir_fd):
         try:
-            summaries[name] = images.summarize_netdev(dir_fd, name)
             _, entries = images.read_netdev(dir_fd, name)
         except ImageError as exc:
             rep.problems.append(str(exc))
             continue
-        for e in entries:
-            converted = e.type == images.ND_EXTLINK and e.HasField("macvlan")
-            devices.append((e.name, e.ifindex, converted))
+        summaries[name] = summary = images.summarize_entries(entries)
+        converted = set(summary.converted)
+        devices += [(e.name, e.ifindex, (e.name, e.ifindex) in converted) for e in entries]
     return summaries, devices
 
 

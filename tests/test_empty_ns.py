@@ -39,6 +39,19 @@ def link(pid: int, name: str) -> dict[str, object]:
     return {k: data.get(k) for k in ("ifindex", "address", "mtu", "link_index")} | {"up": "UP" in data["flags"]}
 
 
+def assert_back_on(seg: Segment, new: int, link_before: dict[str, object], addrs_before: object) -> None:
+    """The restored listeners answer at once, on the other parent, with the same link and addresses."""
+    assert alive(new)
+    assert seg.ask(V4, wait=3) == f"pong {V4}"
+    assert seg.ask(V6, wait=3) == f"pong {V6}"
+    after = link(new, "mvb")
+    assert after["link_index"] == json.loads(ip("-j", "link", "show", "dev", seg.b))[0]["ifindex"]
+    assert {k: v for k, v in after.items() if k != "link_index"} == {
+        k: v for k, v in link_before.items() if k != "link_index"
+    }
+    assert addresses(new, "mvb") == addrs_before  # each once: nobody restored anything twice
+
+
 @pytest.mark.parametrize(
     ("dump_empty", "restore_empty"),
     [(True, True), (False, True), (True, False), (False, False)],
@@ -75,17 +88,7 @@ def test_l3_and_tcp_listener_survive(
         f"--external=macvlan[mvb]:{seg.b}", images=images, log="restore.log", env=inet_env,
     )
     new = procs.adopt(int(pidfile.read_text()))
-    assert alive(new)
-    # the restored listeners answer at once, on the other parent
-    assert seg.ask(V4, wait=3) == f"pong {V4}"
-    assert seg.ask(V6, wait=3) == f"pong {V6}"
-
-    after = link(new, "mvb")
-    assert after["link_index"] == json.loads(ip("-j", "link", "show", "dev", seg.b))[0]["ifindex"]
-    assert {k: v for k, v in after.items() if k != "link_index"} == {
-        k: v for k, v in link_before.items() if k != "link_index"
-    }
-    assert addresses(new, "mvb") == addrs_before  # each once: nobody restored anything twice
+    assert_back_on(seg, new, link_before, addrs_before)
     routes_after = routes(new)
     if not dump_empty and not restore_empty:
         # CRIU restored L3 itself: its "ip route save" covers the main table only,
@@ -163,15 +166,7 @@ def test_rpc_empty_ns_tcp_listener_survives(
     assert not alive(pid)
     assert not netdev_images(images)
     new = procs.adopt(driver.restore(str(images), {"mvb": seg.b}, empty_ns_net=True, log_file="restore.log"))
-    assert alive(new)
-    assert seg.ask(V4, wait=3) == f"pong {V4}"
-    assert seg.ask(V6, wait=3) == f"pong {V6}"
-    after = link(new, "mvb")
-    assert after["link_index"] == json.loads(ip("-j", "link", "show", "dev", seg.b))[0]["ifindex"]
-    assert {k: v for k, v in after.items() if k != "link_index"} == {
-        k: v for k, v in link_before.items() if k != "link_index"
-    }
-    assert addresses(new, "mvb") == addrs_before
+    assert_back_on(seg, new, link_before, addrs_before)
     assert routes(new) == routes_before
     procs.cleanup()
     assert ours(link_names()) == ours(host_before)
