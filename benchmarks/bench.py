@@ -52,6 +52,7 @@ CLI = Path(sys.executable).with_name("criu-macvlan")
 PR_SET_CHILD_SUBREAPER = 36
 UNHANDLED_ACTION = "network-lock"
 MiB = 1 << 20
+IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
 
 Sample = dict[str, dict[str, dict[str, dict[str, list[float]]]]]  # group -> path -> op -> N -> seconds
 
@@ -152,9 +153,13 @@ def add_macvlans(pid: int, parent: str, n: int) -> None:
 
     Down, so without IPv6 link-local addresses: the native lower bound (links stripped
     from the netdev image) must not find addresses of missing links in CRIU's ifaddr image.
+    Their ifindexes start at ``IFINDEX_BASE``, far above the host's: CRIU (4.1.1 at least)
+    sends its RTM_NEWLINK without NLM_F_EXCL, and a kernel that finds a link of the same
+    ifindex in CRIU's own netns then takes it as a change of that link (EOPNOTSUPP).
     """
     sh("ip", "-batch", "-", stdin="".join(
-        f"link add mv{i} link {parent} netns {pid} type macvlan mode bridge\n" for i in range(n)))
+        f"link add mv{i} link {parent} netns {pid} index {IFINDEX_BASE + i} type macvlan mode bridge\n"
+        for i in range(n)))
 
 
 def strip_macvlans(images: str) -> int:
