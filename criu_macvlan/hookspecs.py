@@ -128,6 +128,28 @@ def criu_query_ext_files(ctx: ActionContext) -> None:
     """CRIU asks the RPC client for external files (``query-ext-files``)."""
 
 
+# --------------------------------------------------------------- RPC driver
+
+
+@hookspec
+def criu_rpc_request(ctx: ActionContext) -> None:
+    """RPC mode only: the driver has just sent a dump or restore request.
+
+    ``ctx.action`` is ``"dump"`` or ``"restore"``; ``ctx.pid`` is the tree to dump
+    (``None`` on restore). CRIU now starts, probes the kernel and reads the images on
+    its own, tens of milliseconds before its first notification: work done here
+    (imports, reading the images or the live netns) is off the critical path of the
+    request. Keep the results in ``ctx.state`` for the action hooks of the same
+    request, which must still work without them (action-script mode never calls
+    this hook). Do not raise: keep an error in ``ctx.state`` and raise it from the
+    action hook it belongs to. An exception raised here anyway is logged and
+    ignored.
+    """
+
+
+#: Hooks called by our RPC driver itself, not for a CRIU action.
+DRIVER_HOOKS: tuple[str, ...] = ("criu_rpc_request",)
+
 #: CRIU action name -> hook name, in the order of ``criu/action-scripts.c``.
 ACTIONS: dict[str, str] = {
     "pre-stream": "criu_pre_stream",

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import pluggy
 
@@ -16,6 +17,7 @@ from .errors import CriuMacvlanError, ExitCode, HookError
 
 ENTRY_POINT_GROUP = "criu_macvlan"
 DISABLE_ENV = "CRIU_MACVLAN_DISABLE"
+ENTRY_POINT_CACHE_SIZE = 8
 
 
 def _builtin_plugins() -> list[tuple[str, object]]:
@@ -48,6 +50,13 @@ class Hooks:
             raise HookError(ctx.action, str(exc), exc.exit_code) from exc
         except Exception as exc:
             raise HookError(ctx.action, f"internal error: {type(exc).__name__}: {exc}", ExitCode.BUG) from exc
+
+    def rpc_request(self, ctx: ActionContext) -> None:
+        """Call ``criu_rpc_request`` (see :mod:`.hookspecs`); a failure is logged, never raised."""
+        try:
+            self.pm.hook.criu_rpc_request(ctx=ctx)
+        except Exception as exc:
+            ctx.log.warning("criu_rpc_request hook failed (ignored): %s: %s", type(exc).__name__, exc)
 
     def handled_actions(self) -> list[str]:
         """CRIU actions at least one registered plugin implements, in CRIU's order.
@@ -119,8 +128,10 @@ def _entry_points() -> list[tuple[str, str]]:
 
     Scanning every installed distribution (``importlib.metadata``) costs tens of
     milliseconds, paid by each action CRIU runs. Installing or removing a package
-    changes the mtime of its ``site-packages`` directory, so the cache is keyed on
-    the mtimes of the directories on ``sys.path``.
+    changes the mtime of its ``site-packages`` directory, so a result is keyed on
+    the directories on ``sys.path`` and their mtimes. The file keeps the
+    ``ENTRY_POINT_CACHE_SIZE`` latest results: the CLI (its script's directory
+    first on ``sys.path``) and the action script (``-P``) each find their own.
     """
     key = []
     for entry in sys.path:
@@ -129,17 +140,20 @@ def _entry_points() -> list[tuple[str, str]]:
         except OSError:
             continue
     path = os.path.join(_cache_dir(), "entry-points.json")
+    results: list[Any] = []
     try:
         with open(path, encoding="utf-8") as f:
-            cached = json.load(f)
-        if cached["key"] == key:
-            return [(str(n), str(v)) for n, v in cached["entry_points"]]
+            results = json.load(f)["results"]
+        for cached in results:
+            if cached["key"] == key:
+                return [(str(n), str(v)) for n, v in cached["entry_points"]]
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        results = []
     from importlib.metadata import entry_points
 
     found = sorted({(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)})
-    _write_cache(path, json.dumps({"key": key, "entry_points": found}))
+    results = [{"key": key, "entry_points": found}, *results][:ENTRY_POINT_CACHE_SIZE]
+    _write_cache(path, json.dumps({"results": results}))
     return found
 
 

@@ -57,37 +57,27 @@ class MacvlanPlugin:
     # ------------------------------------------------------------- dump
 
     @hookimpl
+    def criu_rpc_request(self, ctx: ActionContext) -> None:
+        # RPC mode: do the slow part of pre-dump / setup-namespaces while CRIU starts.
+        try:
+            if ctx.action == "dump":
+                ctx.state[_READ] = _read_tree(ctx, _require_pid(ctx))
+            elif ctx.action == "restore":
+                ctx.state[_PLAN] = _prepare_restore(ctx)
+                from . import netlink  # noqa: F401  (imported now, used in setup-namespaces)
+        except CriuMacvlanError as exc:
+            ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
+
+    @hookimpl
     def criu_pre_dump(self, ctx: ActionContext) -> None:
-        pid = _require_pid(ctx)
         dir_fd = ctx.images.fd
         images.remove_temp_files(dir_fd)
         images.unlink(dir_fd, images.STAGED)
-        target = nsutil.open_of_pid(pid)
-        own = nsutil.open_own()
-        try:
-            _refuse_macvlans_in_other_netns(ctx, pid, target, own)
-            if nsutil.same(target, own):
-                ctx.log.debug("tree %d shares our network namespace: no macvlan of its own", pid)
-                return
-            if _is_external_netns(ctx, nsutil.inode(target)):
-                ctx.log.debug("tree %d's network namespace is external: not ours to save", pid)
-                return
-            from . import netlink
-
-            links = netlink.read_macvlans(target, own)
-            inode = nsutil.inode(target)
-        finally:
-            os.close(target)
-            os.close(own)
-        if not links:
-            ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
+        read = _prepared(ctx, _READ)
+        found = read if read is not None else _read_tree(ctx, _require_pid(ctx))
+        if found is None:
             return
-        for link in links:
-            if not link.parent.HasField("link_netnsid"):
-                raise CriuMacvlanError(
-                    f"macvlan {link.name!r} sits on a parent inside the dumped network namespace "
-                    f"(ifindex {link.parent.ifindex}); only parents outside it can be remapped"
-                )
+        links, inode = found
         head = pb.macvlan_head(hostname=os.uname().nodename, netns_inode=inode)
         if ctx.empty_ns is not None:
             head.empty_ns = ctx.empty_ns
@@ -132,23 +122,11 @@ class MacvlanPlugin:
 
     @hookimpl
     def criu_setup_namespaces(self, ctx: ActionContext) -> None:
-        dir_fd = ctx.images.fd
-        netdevs = images.netdev_images(dir_fd)
-        sidecar = images.load(dir_fd)
-        summaries = {name: images.summarize_netdev(dir_fd, name) for name in netdevs}
-        if sidecar is None:
-            converted = [f"{n}:{link}" for n, s in summaries.items() for link, _ in s.converted]
-            if converted:
-                raise ImageError(
-                    f"{images.SIDECAR} is missing but CRIU's images expect criu-macvlan to create "
-                    f"{', '.join(converted)}; copy {images.SIDECAR} along with the other images, or run "
-                    f"'criu-macvlan convert --to-native {ctx.images.path}' to let CRIU restore them itself"
-                )
+        prepared = _prepared(ctx, _PLAN)
+        todo = prepared if prepared is not None else _prepare_restore(ctx)
+        if todo is None:
             return
-        empty = restores_l3_itself(ctx, netdevs)
-        if not empty:
-            _check_netdev_consistency(sidecar, summaries, ctx.images.path)
-        plan = plan_restore(sidecar, ctx.mappings, ctx)
+        plan, with_l3 = todo
         pid = _require_pid(ctx)
         target = nsutil.open_of_pid(pid)
         own = nsutil.open_own()
@@ -158,10 +136,75 @@ class MacvlanPlugin:
                     f"restored tree {pid} is in our own network namespace: the dump had macvlans "
                     "in a netns of its own, restore it into a new one"
                 )
-            restore_links(plan, target, with_l3=empty, ctx=ctx)
+            restore_links(plan, target, with_l3=with_l3, ctx=ctx)
         finally:
             os.close(target)
             os.close(own)
+
+
+# ctx.state keys: what criu_rpc_request prepared (a result, or the error to raise later)
+_READ = "macvlan.read"
+_PLAN = "macvlan.plan"
+
+
+def _prepared(ctx: ActionContext, key: str) -> Any:
+    """What ``criu_rpc_request`` left under ``key`` (once); raises the error it kept."""
+    value = ctx.state.pop(key, None)
+    if isinstance(value, CriuMacvlanError):
+        raise value
+    return value
+
+
+def _read_tree(ctx: ActionContext, pid: int) -> tuple[list[pb.macvlan_link], int] | None:
+    """The macvlans of tree ``pid``'s netns and that netns's inode; ``None`` if nothing to save."""
+    target = nsutil.open_of_pid(pid)
+    own = nsutil.open_own()
+    try:
+        _refuse_macvlans_in_other_netns(ctx, pid, target, own)
+        if nsutil.same(target, own):
+            ctx.log.debug("tree %d shares our network namespace: no macvlan of its own", pid)
+            return None
+        if _is_external_netns(ctx, nsutil.inode(target)):
+            ctx.log.debug("tree %d's network namespace is external: not ours to save", pid)
+            return None
+        from . import netlink
+
+        links = netlink.read_macvlans(target, own)
+        inode = nsutil.inode(target)
+    finally:
+        os.close(target)
+        os.close(own)
+    if not links:
+        ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
+        return None
+    for link in links:
+        if not link.parent.HasField("link_netnsid"):
+            raise CriuMacvlanError(
+                f"macvlan {link.name!r} sits on a parent inside the dumped network namespace "
+                f"(ifindex {link.parent.ifindex}); only parents outside it can be remapped"
+            )
+    return links, inode
+
+
+def _prepare_restore(ctx: ActionContext) -> tuple[list[Planned], bool] | None:
+    """The links to create and whether to restore their L3 too; ``None`` if the images have none."""
+    dir_fd = ctx.images.fd
+    netdevs = images.netdev_images(dir_fd)
+    sidecar = images.load(dir_fd)
+    summaries = {name: images.summarize_netdev(dir_fd, name) for name in netdevs}
+    if sidecar is None:
+        converted = [f"{n}:{link}" for n, s in summaries.items() for link, _ in s.converted]
+        if converted:
+            raise ImageError(
+                f"{images.SIDECAR} is missing but CRIU's images expect criu-macvlan to create "
+                f"{', '.join(converted)}; copy {images.SIDECAR} along with the other images, or run "
+                f"'criu-macvlan convert --to-native {ctx.images.path}' to let CRIU restore them itself"
+            )
+        return None
+    empty = restores_l3_itself(ctx, netdevs)
+    if not empty:
+        _check_netdev_consistency(sidecar, summaries, ctx.images.path)
+    return plan_restore(sidecar, ctx.mappings, ctx), empty
 
 
 def restores_l3_itself(ctx: ActionContext, netdevs: list[str]) -> bool:

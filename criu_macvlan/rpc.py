@@ -30,6 +30,9 @@ Decisions:
   ``setup-namespaces`` (and ``post-restore``), remembered for later actions.
 * ``empty_ns``: ``True``/``False`` from ``opts.empty_ns & CLONE_NEWNET``; ``None``
   (plugins decide from the images) when a ``config_file`` could have set it.
+* Right after sending a dump or restore request the driver calls the plugins'
+  ``criu_rpc_request`` hook: their imports and reads (the live netns, the images)
+  then run while CRIU starts up, before its first notification.
 * Pre-dumps send no notifications; iterative migration works as usual
   (``parent_img``/``track_mem``), the sidecar is written by the final dump.
 * CRIU >= 3.19 also runs ``action-script`` entries of its config files after each
@@ -379,11 +382,16 @@ class Criu:
         mappings: Mapping[str, str] | None,
         restore: bool = False,
     ) -> Any:
-        rpc = _pb()
-        request = _Request(images_dir, opts, mappings, restore)
+        # CRIU first: its start-up runs while we build the request.
+        comm, sk = self._connect()
+        try:
+            rpc = _pb()
+            request = _Request(images_dir, opts, mappings, restore)
+        except BaseException:
+            comm.disconnect()
+            raise
         try:
             req = rpc.criu_req(type=getattr(rpc, kind), opts=request.opts)
-            comm, sk = self._connect()
             try:
                 resp, failure = self._converse(sk, req, request)
             finally:
@@ -408,6 +416,8 @@ class Criu:
         failure: HookError | None = None
         if not _send(sk, req):
             return None, failure
+        if req.type in (rpc.DUMP, rpc.RESTORE):
+            self.hooks.rpc_request(request.context(_req_name(req), None))
         while True:
             resp = _recv(sk)
             if resp is None or resp.type != rpc.NOTIFY:

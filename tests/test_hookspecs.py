@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import sys
@@ -51,7 +52,7 @@ def test_actions_cover_exactly_criu_actions() -> None:
 
 def test_every_action_has_a_hookspec_and_back() -> None:
     specs = hookspec_functions()
-    assert set(hookspecs.ACTIONS.values()) == set(specs)
+    assert set(hookspecs.ACTIONS.values()) | set(hookspecs.DRIVER_HOOKS) == set(specs)
     for action, hook in hookspecs.ACTIONS.items():
         assert hook == "criu_" + action.replace("-", "_")
 
@@ -132,6 +133,7 @@ def fake_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cmv-fake\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(f"[{manager.ENTRY_POINT_GROUP}]\nfake = {modname}\n")
     monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(manager, "_cache_dir", lambda: str(tmp_path / "cache"))  # never the real one
     yield modname  # type: ignore[misc]
     sys.modules.pop(modname, None)
 
@@ -204,5 +206,37 @@ def test_handled_actions_cache_read_only_prefix(
 def test_every_hook_is_documented_in_the_readme() -> None:
     """As datasette does: a hook users cannot find in the README does not exist for them."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    missing = [name for name in hookspecs.ACTIONS.values() if f"`{name}`" not in readme]
+    missing = [name for name in hookspec_functions() if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_entry_point_cache_is_per_sys_path(
+    tmp_path: Path, fake_distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI and the action script run with different sys.path: each keeps its own cache."""
+    import importlib.metadata
+
+    first = manager._entry_points()
+    other = tmp_path / "bin"
+    other.mkdir()
+    monkeypatch.syspath_prepend(str(other))
+    assert manager._entry_points() == first
+    cache = json.loads((tmp_path / "cache" / "entry-points.json").read_text())["results"]
+    assert len(cache) == 2
+
+    def no_scan(**_: object) -> object:
+        raise AssertionError("the cache was not used")
+
+    scan = importlib.metadata.entry_points
+    monkeypatch.setattr(importlib.metadata, "entry_points", no_scan)
+    assert manager._entry_points() == first  # this sys.path's cache
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(other)])
+    assert manager._entry_points() == first  # and the first one's, still there
+    assert ("fake", fake_distribution) in first
+    monkeypatch.setattr(importlib.metadata, "entry_points", scan)
+    for i in range(manager.ENTRY_POINT_CACHE_SIZE + 3):  # bounded: the oldest results go
+        monkeypatch.syspath_prepend(str(tmp_path / f"more{i}"))
+        (tmp_path / f"more{i}").mkdir()
+        manager._entry_points()
+    cache = json.loads((tmp_path / "cache" / "entry-points.json").read_text())["results"]
+    assert len(cache) == manager.ENTRY_POINT_CACHE_SIZE

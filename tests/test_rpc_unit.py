@@ -56,10 +56,13 @@ class FakeCriu(threading.Thread):
         self.sk, self.scripts, self.final = sk, scripts, final
         self.req: Any = None
         self.answers: list[bool] = []
+        self.got_request = threading.Event()
 
     def run(self) -> None:
-        self.req = rpc.criu_req()
-        self.req.ParseFromString(self.sk.recv(65536))
+        req = rpc.criu_req()
+        req.ParseFromString(self.sk.recv(65536))
+        self.req = req
+        self.got_request.set()
         for script, pid in self.scripts:
             resp = rpc.criu_resp(type=rpc.NOTIFY, success=True)
             resp.notify.script = script
@@ -267,3 +270,55 @@ def test_rpc_messages_load_without_the_image_schemas() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
+
+
+class Early:
+    """Implements criu_rpc_request: records when it ran and what it saw."""
+
+    def __init__(self, fake: list[FakeCriu], fail: bool = False) -> None:
+        self.fake, self.fail = fake, fail
+        self.seen: list[tuple[str, int | None, bool, int]] = []
+        self.state: dict[str, Any] | None = None
+
+    @hookimpl
+    def criu_rpc_request(self, ctx: ActionContext) -> None:
+        fake = self.fake[0]
+        sent = fake.got_request.wait(5)  # CRIU has the request ...
+        self.seen.append((ctx.action, ctx.pid, sent, len(fake.answers)))  # ... and no answer yet
+        ctx.state["early"] = True
+        self.state = ctx.state
+        if self.fail:
+            raise RuntimeError("broken early hook")
+
+
+@pytest.mark.parametrize("kind", ["dump", "restore"])
+def test_rpc_request_hook_runs_after_the_request_before_any_notify(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path, kind: str) -> None:
+    fakes: list[FakeCriu] = []
+    rec, early = Recorder(), Early(fakes)
+    h = hooks(rec)
+    h.pm.register(early, name="early")
+    criu = Criu(hooks=h)
+    final = rpc.criu_resp(type=rpc.DUMP if kind == "dump" else rpc.RESTORE, success=True)
+    final.restore.pid = 5
+    fakes.append(run_fake(monkeypatch, criu, [("pre-dump" if kind == "dump" else "pre-restore", None)], final))
+    if kind == "dump":
+        criu.dump(42, str(tmp_path))
+    else:
+        criu.restore(str(tmp_path), {})
+    fakes[0].join(5)
+    assert early.seen == [(kind, 42 if kind == "dump" else None, True, 0)]
+    assert rec.seen[0].state is early.state and rec.seen[0].state["early"]
+
+
+def test_rpc_request_hook_failure_is_logged_and_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    fakes: list[FakeCriu] = []
+    h = hooks(Recorder())
+    h.pm.register(Early(fakes, fail=True), name="early")
+    criu = Criu(hooks=h)
+    fakes.append(run_fake(monkeypatch, criu, [("pre-dump", None)], rpc.criu_resp(type=rpc.DUMP, success=True)))
+    criu.dump(1, str(tmp_path))
+    fakes[0].join(5)
+    assert fakes[0].answers == [True]
+    assert "criu_rpc_request hook failed (ignored): RuntimeError: broken early hook" in caplog.text

@@ -62,3 +62,20 @@ def test_second_netns_without_macvlan_is_fine(net: Net, procs: Procs, images: Pa
     kids = Path(f"/proc/{new}/task/{new}/children").read_text().split()
     assert kids and netns_inode(kids[0]) != netns_inode(new)
     assert link_names(int(kids[0])) == {"lo"}
+
+
+def test_macvlan_in_second_netns_is_refused_over_rpc(net: Net, procs: Procs, images: Path) -> None:
+    """Over RPC the netns is read before CRIU's first notification: the refusal still comes at pre-dump."""
+    from criu_macvlan.errors import HookError
+    from criu_macvlan.rpc import Criu
+
+    a = net.veth("pa")
+    root, child = two_netns_tree(procs)
+    net.macvlan_into(root, "mv0", a, "mode", "bridge")
+    net.macvlan_into(child, "mvx", a, "mode", "bridge")
+    with pytest.raises(HookError) as err:
+        Criu().dump(root, str(images), log_file="dump.log")
+    assert str(err.value).startswith(f"pre-dump: process {child} of tree {root} is in a second network namespace")
+    assert alive(root) and alive(child)
+    assert not (images / "macvlan.img").exists()
+    assert not list(images.glob(".criu-macvlan*"))
