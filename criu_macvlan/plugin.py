@@ -6,7 +6,9 @@ Dump:
     ``post-dump`` commits it as ``macvlan.img`` and switches the links' entries in
     CRIU's ``netdev-<id>.img`` from MACVLAN to EXTLINK, so that CRIU leaves the
     creation of those links to us; ``network-unlock`` drops a stage that a failed
-    dump never committed.
+    dump never committed. Over RPC the read starts in ``criu_rpc_request`` (the
+    tree's netns is checked there, before CRIU's first notification) and goes on
+    in a thread while CRIU dumps; ``post-dump`` stages what it found and commits.
 
 Restore:
     ``setup-namespaces`` recreates each link in the restored tree's new netns,
@@ -14,11 +16,13 @@ Restore:
     name, ifindex, MAC, MTU, mode, flags and the rest. In CRIU-managed mode CRIU
     then sets the links up and restores their addresses and routes; in empty-netns
     mode (``--empty-ns net``: CRIU saved no netdev image) the plugin does that too.
+    Over RPC the images are read and the links planned in ``criu_rpc_request``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import images
@@ -58,10 +62,12 @@ class MacvlanPlugin:
 
     @hookimpl
     def criu_rpc_request(self, ctx: ActionContext) -> None:
-        # RPC mode: do the slow part of pre-dump / setup-namespaces while CRIU starts.
+        # RPC mode: the slow parts of the dump and the restore run while CRIU works.
         try:
             if ctx.action == "dump":
-                ctx.state[_READ] = _read_tree(ctx, _require_pid(ctx))
+                opened = _open_tree(ctx, _require_pid(ctx))
+                if opened is not None:
+                    ctx.state[_READ] = _Reader(*opened)
             elif ctx.action == "restore":
                 ctx.state[_PLAN] = _prepare_restore(ctx)
                 from . import netlink  # noqa: F401  (imported now, used in setup-namespaces)
@@ -73,22 +79,24 @@ class MacvlanPlugin:
         dir_fd = ctx.images.fd
         images.remove_temp_files(dir_fd)
         images.unlink(dir_fd, images.STAGED)
-        read = _prepared(ctx, _READ)
-        found = read if read is not None else _read_tree(ctx, _require_pid(ctx))
-        if found is None:
+        early = _prepared(ctx, _READ)
+        if isinstance(early, _Reader):  # it reads on while CRIU dumps; post-dump stages and commits
+            ctx.state[_READER] = early
             return
-        links, inode = found
-        head = pb.macvlan_head(hostname=os.uname().nodename, netns_inode=inode)
-        if ctx.empty_ns is not None:
-            head.empty_ns = ctx.empty_ns
-        images.write_atomic(dir_fd, images.STAGED, images.encode(head, links))
-        ctx.log.info("staged %d macvlan link(s): %s", len(links), ", ".join(lk.name for lk in links))
+        found = _read_tree(ctx, _require_pid(ctx))
+        if found is not None:
+            _stage(ctx, *found)
 
     @hookimpl
     def criu_post_dump(self, ctx: ActionContext) -> None:
         # The rename of the stage to macvlan.img is the commit point and comes last:
         # a post-dump that fails earlier leaves no sidecar that looks valid.
         dir_fd = ctx.images.fd
+        reader = ctx.state.pop(_READER, None)
+        if reader is not None:
+            found = reader.result()
+            if found is not None:
+                _stage(ctx, *found)
         staged = images.read_file(dir_fd, images.STAGED)
         if staged is not None:
             sidecar = images.decode(staged, images.STAGED)
@@ -114,6 +122,10 @@ class MacvlanPlugin:
 
     @hookimpl
     def criu_network_unlock(self, ctx: ActionContext) -> None:
+        for key in (_READ, _READER):  # a dump that failed before post-dump: let the reader finish
+            early = ctx.state.pop(key, None)
+            if isinstance(early, _Reader):
+                early.join()
         if images.unlink(ctx.images.fd, images.STAGED):
             ctx.log.info("dump did not complete: dropped the staged macvlan state")
         images.remove_temp_files(ctx.images.fd)
@@ -144,7 +156,10 @@ class MacvlanPlugin:
 
 # ctx.state keys: what criu_rpc_request prepared (a result, or the error to raise later)
 _READ = "macvlan.read"
+_READER = "macvlan.reader"
 _PLAN = "macvlan.plan"
+
+Found = tuple[list[pb.macvlan_link], int]  # the links and the inode of their netns
 
 
 def _prepared(ctx: ActionContext, key: str) -> Any:
@@ -155,27 +170,40 @@ def _prepared(ctx: ActionContext, key: str) -> Any:
     return value
 
 
-def _read_tree(ctx: ActionContext, pid: int) -> tuple[list[pb.macvlan_link], int] | None:
-    """The macvlans of tree ``pid``'s netns and that netns's inode; ``None`` if nothing to save."""
+def _open_tree(ctx: ActionContext, pid: int) -> tuple[int, int, int] | None:
+    """``(netns fd, our netns fd, inode)`` of tree ``pid`` if it has a netns to save, else ``None``.
+
+    Refuses macvlans in a second netns of the tree. The caller closes both fds.
+    """
     target = nsutil.open_of_pid(pid)
     own = nsutil.open_own()
     try:
         _refuse_macvlans_in_other_netns(ctx, pid, target, own)
         if nsutil.same(target, own):
             ctx.log.debug("tree %d shares our network namespace: no macvlan of its own", pid)
-            return None
-        if _is_external_netns(ctx, nsutil.inode(target)):
+        elif _is_external_netns(ctx, nsutil.inode(target)):
             ctx.log.debug("tree %d's network namespace is external: not ours to save", pid)
-            return None
+        else:
+            return target, own, nsutil.inode(target)
+    except BaseException:
+        os.close(target)
+        os.close(own)
+        raise
+    os.close(target)
+    os.close(own)
+    return None
+
+
+def _read_links(target: int, own: int, inode: int) -> Found | None:
+    """The macvlans of netns ``target`` (closes both fds); ``None`` if it has none."""
+    try:
         from . import netlink
 
         links = netlink.read_macvlans(target, own)
-        inode = nsutil.inode(target)
     finally:
         os.close(target)
         os.close(own)
     if not links:
-        ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
         return None
     for link in links:
         if not link.parent.HasField("link_netnsid"):
@@ -184,6 +212,50 @@ def _read_tree(ctx: ActionContext, pid: int) -> tuple[list[pb.macvlan_link], int
                 f"(ifindex {link.parent.ifindex}); only parents outside it can be remapped"
             )
     return links, inode
+
+
+def _read_tree(ctx: ActionContext, pid: int) -> Found | None:
+    """The macvlans of tree ``pid``'s netns and that netns's inode; ``None`` if nothing to save."""
+    opened = _open_tree(ctx, pid)
+    found = _read_links(*opened) if opened is not None else None
+    if opened is not None and found is None:
+        ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
+    return found
+
+
+class _Reader(threading.Thread):
+    """RPC mode: reads the macvlans in the background while CRIU dumps; ``post-dump`` takes them.
+
+    The tree is frozen for most of the read (CRIU freezes it right after
+    ``pre-dump``): what is read is what CRIU dumps.
+    """
+
+    def __init__(self, target: int, own: int, inode: int) -> None:
+        super().__init__(name="criu-macvlan-reader", daemon=True)
+        self._args = (target, own, inode)
+        self._found: Found | None = None
+        self._error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self._found = _read_links(*self._args)
+        except BaseException as exc:  # handed to post-dump
+            self._error = exc
+
+    def result(self) -> Found | None:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._found
+
+
+def _stage(ctx: ActionContext, links: list[pb.macvlan_link], inode: int) -> None:
+    head = pb.macvlan_head(hostname=os.uname().nodename, netns_inode=inode)
+    if ctx.empty_ns is not None:
+        head.empty_ns = ctx.empty_ns
+    images.write_atomic(ctx.images.fd, images.STAGED, images.encode(head, links))
+    ctx.log.info("staged %d macvlan link(s): %s", len(links), ", ".join(lk.name for lk in links))
 
 
 def _prepare_restore(ctx: ActionContext) -> tuple[list[Planned], bool] | None:

@@ -263,3 +263,26 @@ def test_version_and_check() -> None:
     criu.check()
     with pytest.raises(CriuError, match="not found"):
         Criu("/nonexistent/criu").version()
+
+
+@pytest.mark.parametrize("how", ["rpc", "action-script"])
+def test_parent_inside_the_dumped_netns_is_refused(procs: Procs, images: Path, how: str) -> None:
+    """Over RPC the links are read while CRIU dumps, so the refusal comes at post-dump; CRIU resumes the tree."""
+    from conftest import ACTION_SCRIPT, criu
+
+    pid = procs.tree()
+    ip("link", "add", "vin", "type", "veth", "peer", "name", "vinp", pid=pid)
+    ip("link", "add", "mvin", "link", "vin", "type", "macvlan", "mode", "bridge", pid=pid)
+    refusal = "macvlan 'mvin' sits on a parent inside the dumped network namespace"
+    if how == "rpc":
+        with pytest.raises(HookError) as err:
+            dump(Criu(CRIU), pid, images)
+        assert str(err.value).startswith(f"post-dump: {refusal}")
+    else:
+        res = criu("dump", "-t", str(pid), "--action-script", str(ACTION_SCRIPT), images=images, log="dump.log",
+                   check=False)
+        assert res.returncode != 0
+        assert f"pre-dump: {refusal}" in (images / "dump.log").read_text()
+    assert alive(pid)
+    assert not (images / "macvlan.img").exists()
+    assert not [n for n in os.listdir(images) if n.startswith(".criu-macvlan")]
