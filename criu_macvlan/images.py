@@ -10,7 +10,7 @@ with every size checked, and each payload is parsed with its generated class.
 
 All files are opened relative to the images directory fd, never following a
 symlink; ours are created ``O_EXCL`` with mode 0600 and replaced atomically
-(write a temp file, fsync, rename, fsync the directory).
+(write a temp file, rename it over the target).
 """
 
 from __future__ import annotations
@@ -131,6 +131,10 @@ def _random_suffix() -> str:
 def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
     """Replace ``name`` in the images dir by ``data``: readers see the old file or the new one.
 
+    No fsync, as CRIU does not sync its own images: a killed writer leaves the old
+    file or the new one; surviving a power loss takes a ``sync`` of the whole
+    images directory after the dump, ours and CRIU's files alike.
+
     A failure (full disk, read-only dir, a planted file at the temp name) is an
     :class:`ImageError`; the old file stays and no temp file is left.
     """
@@ -149,22 +153,12 @@ def _replace(dir_fd: int, name: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         unlink(dir_fd, tmp)
         raise
-    os.fsync(dir_fd)
-
-
-def rename(dir_fd: int, src: str, dst: str) -> None:
-    try:
-        os.rename(src, dst, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        os.fsync(dir_fd)
-    except OSError as exc:
-        raise ImageError(f"{dst}: cannot rename {src} to it: {exc.strerror or exc}") from exc
 
 
 def unlink(dir_fd: int, name: str) -> bool:

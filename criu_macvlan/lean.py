@@ -18,6 +18,9 @@ import types
 
 def import_submodules(package: str, *names: str) -> list[types.ModuleType]:
     """``[package.name for name in names]``, imported without ``package/__init__.py`` when possible."""
+    loaded = [m for name in names if (m := sys.modules.get(f"{package}.{name}")) is not None]
+    if len(loaded) == len(names):  # the usual case after the first call: no file system lookups
+        return loaded
     if package in sys.modules:  # the real package (or a running lean import): nothing to avoid
         return [importlib.import_module(f"{package}.{name}") for name in names]
     spec = importlib.util.find_spec(package)

@@ -89,35 +89,33 @@ class MacvlanPlugin:
 
     @hookimpl
     def criu_post_dump(self, ctx: ActionContext) -> None:
-        # The rename of the stage to macvlan.img is the commit point and comes last:
-        # a post-dump that fails earlier leaves no sidecar that looks valid.
+        # The sidecar appears last, by an atomic rename: a post-dump that fails
+        # earlier leaves no sidecar that looks valid.
         dir_fd = ctx.images.fd
         reader = ctx.state.pop(_READER, None)
-        if reader is not None:
-            found = reader.result()
-            if found is not None:
-                _stage(ctx, *found)
-        staged = images.read_file(dir_fd, images.STAGED)
-        if staged is not None:
+        found = reader.result() if reader is not None else None
+        staged = images.read_file(dir_fd, images.STAGED) if found is None else None
+        if found is not None:
+            sidecar = images.Sidecar(_head(ctx, found[1]), found[0])
+        elif staged is not None:
             sidecar = images.decode(staged, images.STAGED)
-            netdevs = images.netdev_images(dir_fd)
-            if not netdevs and not sidecar.head.empty_ns:
-                # CRIU wrote no netdev image: --empty-ns net. Record it.
-                sidecar.head.empty_ns = True
-                staged = images.encode(sidecar.head, sidecar.links)
-                images.write_atomic(dir_fd, images.STAGED, staged)
         else:
             loaded = images.load(dir_fd)
             if loaded is None:
                 return  # no macvlan was staged: nothing to do
             sidecar = loaded  # a repeated post-dump: make sure the netdev part is done too
+        committed = found is None and staged is None
+        netdevs = images.netdev_images(dir_fd)
+        if not committed and not netdevs:
+            sidecar.head.empty_ns = True  # CRIU wrote no netdev image: --empty-ns net
         ifindexes = {link.ifindex for link in sidecar.links}
-        for name in images.netdev_images(dir_fd):
+        for name in netdevs:
             changed = images.convert_netdev(dir_fd, name, ifindexes)
             if changed:
                 ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
-        if staged is not None:
-            images.rename(dir_fd, images.STAGED, images.SIDECAR)
+        if not committed:
+            images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
+            images.unlink(dir_fd, images.STAGED)
         ctx.log.info("saved %d macvlan link(s) in %s", len(sidecar.links), images.SIDECAR)
 
     @hookimpl
@@ -250,11 +248,15 @@ class _Reader(threading.Thread):
         return self._found
 
 
-def _stage(ctx: ActionContext, links: list[pb.macvlan_link], inode: int) -> None:
+def _head(ctx: ActionContext, inode: int) -> pb.macvlan_head:
     head = pb.macvlan_head(hostname=os.uname().nodename, netns_inode=inode)
     if ctx.empty_ns is not None:
         head.empty_ns = ctx.empty_ns
-    images.write_atomic(ctx.images.fd, images.STAGED, images.encode(head, links))
+    return head
+
+
+def _stage(ctx: ActionContext, links: list[pb.macvlan_link], inode: int) -> None:
+    images.write_atomic(ctx.images.fd, images.STAGED, images.encode(_head(ctx, inode), links))
     ctx.log.info("staged %d macvlan link(s): %s", len(links), ", ".join(lk.name for lk in links))
 
 
