@@ -89,6 +89,11 @@ def get_parser() -> argparse.ArgumentParser:
     v.add_argument("--to-native", action="store_true", help="back to CRIU's own MACVLAN entries")
 
     sub.add_parser("plugins", help="registered plugins and the CRIU actions they handle")
+    w = sub.add_parser("serve", help="keep Python warm for the action script (a host service)",
+                       description="serve every CRIU action script on this host from one warm process")
+    w.add_argument("--idle-timeout", type=float, metavar="SECONDS", help="exit after this long without a request")
+    w.add_argument("--dir", metavar="DIR", help="runtime directory (default $CRIU_MACVLAN_SERVE_DIR, "
+                   "else /run/criu-macvlan/serve; the action script must see the same)")
     return p
 
 
@@ -223,6 +228,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from . import serve
+
+    path = args.dir or serve.serve_dir()
+
+    def ready() -> None:
+        print(f"{PROG}: serving at {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
+
+    return serve.serve(path, idle_timeout=args.idle_timeout, ready=ready)
+
+
 def _action_hooks() -> list[tuple[str, str]]:
     from .hookspecs import ACTIONS
 
@@ -240,7 +256,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "dump": cmd_dump, "pre-dump": cmd_dump, "restore": cmd_restore, "show": cmd_show,
-    "check": cmd_check, "convert": cmd_convert, "plugins": cmd_plugins,
+    "check": cmd_check, "convert": cmd_convert, "plugins": cmd_plugins, "serve": cmd_serve,
 }
 
 

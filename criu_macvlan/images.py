@@ -292,7 +292,7 @@ def netdev_images(dir_fd: int) -> list[str]:
     return [n for _, n in sorted(found)]
 
 
-def _netdev_entry_class() -> Any:
+def netdev_entry_class() -> Any:
     """pycriu's ``net_device_entry`` class, loaded without the rest of pycriu.images.
 
     ``import pycriu.images`` loads all ~80 CRIU schemas (~80 ms, on every restore).
@@ -327,7 +327,7 @@ def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
     if data is None:
         raise ImageError(f"{name}: missing")
     raw = unframe(data, NETDEV_MAGIC, name)
-    cls = _netdev_entry_class()
+    cls = netdev_entry_class()
     parsed = []
     for i, payload in enumerate(raw):
         entry = cls()
