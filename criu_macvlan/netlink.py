@@ -59,7 +59,7 @@ from pyroute2.netlink import (  # noqa: E402
 )
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted as _DumpInterrupted  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError  # noqa: E402
-from pyroute2.netlink.nlsocket import Marshal, NetlinkSocket  # noqa: E402
+from pyroute2.netlink.nlsocket import DEFAULT_RCVBUF, Marshal, NetlinkSocket  # noqa: E402
 from pyroute2.netlink.rtnl import (  # noqa: E402
     RTM_DELLINK,
     RTM_GETADDR,
@@ -372,17 +372,44 @@ class Rtnl:
     def _send_batch(
         self, batch: list[tuple[pb.macvlan_link, Any]]
     ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
-        msgs = [msg for _, msg in batch]
+        """Send the requests of ``batch`` in one write; the kernel's verdict on each.
+
+        Only the last request asks for an ACK. The kernel answers any request
+        that fails whatever its flags say, and handles a batch in order, so the
+        answer to the last request ends the batch; pyroute2 then parses one ACK
+        per batch, not one per link (``nlm_request_batch`` queues each).
+        """
+        sock = self._sock
+        seqs = sock.addr_pool.alloc_multi(len(batch))
         try:
-            replies = list(self._sock.nlm_request_batch(msgs, noraise=True))
-        except _PyrNetlinkError as exc:
-            return [(link, NetlinkError(_errmsg(exc))) for link, _ in batch]
-        errors = {}
-        for reply in replies:
-            failed = reply["header"]["error"]
-            if failed is not None:
-                errors[reply["header"]["sequence_number"]] = NetlinkError(_errmsg(failed))
-        return [(link, errors.get(msg["header"]["sequence_number"])) for link, msg in batch]
+            data = bytearray()
+            for seq, (_, msg) in zip(seqs, batch, strict=True):
+                header = msg["header"]
+                header["sequence_number"] = seq
+                header["pid"] = sock.epid or os.getpid()
+                if seq != seqs[-1]:
+                    header["flags"] &= ~NLM_F_ACK
+                msg.reset()
+                msg.encode()
+                data += msg.data
+            errors: dict[int, NetlinkError] = {}
+            try:
+                sock.sendto(data, (0, 0))
+                pending = True
+                while pending:
+                    for reply in sock.marshal.parse(sock.recv(DEFAULT_RCVBUF)):
+                        seq = reply["header"]["sequence_number"]
+                        failed = reply["header"]["error"]
+                        if failed is not None and seq in seqs:
+                            errors[seq] = NetlinkError(_errmsg(failed))
+                        pending = pending and seq != seqs[-1]
+            except OSError as exc:  # the verdicts not read yet are unknown: failures
+                unknown = NetlinkError(f"netlink: {exc.strerror or exc}")
+                return [(link, errors.get(seq, unknown)) for seq, (link, _) in zip(seqs, batch, strict=True)]
+            return [(link, errors.get(seq)) for seq, (link, _) in zip(seqs, batch, strict=True)]
+        finally:
+            for seq in seqs:
+                sock.addr_pool.free(seq, ban=0xFF)
 
     def set_up(self, index: int) -> None:
         msg = ifinfmsg()

@@ -152,3 +152,30 @@ def test_macvlan_dump_of_a_real_netns(net: Net, procs: Procs) -> None:
         ]
     finally:
         os.close(fd)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("bad", [1, 3], ids=["middle", "last"])
+def test_batch_reports_each_failure_in_place(net: Net, procs: Procs, bad: int) -> None:
+    """Only the last request of a batch asks for an ACK; a failed one anywhere still gets its error."""
+    pid = procs.tree("sleep", "1000")
+    parent = net.veth()
+    links = [
+        pb.macvlan_link(name=f"mvb{i}", ifindex=100 + i, mode=4, address=MAC[:5] + bytes([i]), mtu=1500)
+        for i in range(4)
+    ]
+    links[bad].name = links[0].name  # the kernel refuses a second link of that name
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netlink.Rtnl(None) as host:
+            index = netlink.index_of(host, parent)
+            results = host.create_macvlans([(link, index) for link in links], fd)
+            assert host.create_macvlans([], fd) == []
+    finally:
+        os.close(fd)
+    assert [lk.name for lk, _ in results] == [lk.name for lk in links]
+    failed = [i for i, (_, error) in enumerate(results) if error is not None]
+    assert failed == [bad]
+    assert "File exists" in str(results[bad][1])
+    made = {f"mvb{i}" for i in range(4) if i != bad}
+    assert made <= {line.split(": ")[1].split("@")[0] for line in ip("-o", "link", pid=pid).splitlines()}
