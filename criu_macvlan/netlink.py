@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import platform
 import socket
@@ -46,15 +47,19 @@ _import_pyroute2_lean()
 
 from pyroute2.netlink import (  # noqa: E402
     NETLINK_ROUTE,
+    NLA_F_NESTED,
+    NLA_F_NET_BYTEORDER,
     NLM_F_ACK,
     NLM_F_CREATE,
     NLM_F_DUMP,
     NLM_F_EXCL,
     NLM_F_REQUEST,
+    nla_slot,
+    nlmsg,
 )
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted as _DumpInterrupted  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError as _PyrNetlinkError  # noqa: E402
-from pyroute2.netlink.nlsocket import Marshal, NetlinkSocket  # noqa: E402
+from pyroute2.netlink.nlsocket import DEFAULT_RCVBUF, Marshal, NetlinkSocket  # noqa: E402
 from pyroute2.netlink.rtnl import (  # noqa: E402
     RTM_DELLINK,
     RTM_GETADDR,
@@ -113,11 +118,64 @@ def _extend_addr_attrs() -> None:
 
 _extend_addr_attrs()
 
+
+class _MacvlanFacts(ifinfmsg):  # type: ignore[misc]
+    """An RTM_NEWLINK reply that decodes only the attributes :func:`to_macvlan` reads.
+
+    pyroute2 makes an object for each of the ~40 attributes of a link as it parses
+    the message, most of which (statistics, AF_SPEC, queue counts, ...) a dump of
+    macvlans never reads. This message keeps only those in :attr:`kept`, each
+    decoded by pyroute2's own class for it, and answers ``get_attr`` like an
+    ``ifinfmsg`` for them (``None`` for the others).
+    """
+
+    kept: ClassVar[dict[int, tuple[str, type]]] = {
+        nla_type: (name, getattr(ifinfmsg, kind))
+        for nla_type, (name, kind) in enumerate(ifinfmsg.nla_map)
+        if name
+        in {"IFLA_ADDRESS", "IFLA_IFNAME", "IFLA_MTU", "IFLA_LINK", "IFLA_TXQLEN", "IFLA_LINKINFO", "IFLA_LINK_NETNSID"}
+    }
+
+    def decode_nlas(self, offset: int) -> None:
+        """pyroute2's walk over the attributes (``nlmsg_base.decode_nlas``), skipping the unwanted ones."""
+        end = self.offset + self.length
+        attrs = self["attrs"]
+        while offset + 4 <= end:
+            length, nla_type = struct.unpack_from("HH", self.data, offset)
+            length = min(max(length, 4), end - offset)
+            kept = self.kept.get(nla_type & ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER))
+            if kept is not None:
+                name, cls = kept
+                attrs.append(nla_slot(name, cls(data=self.data, offset=offset, length=length, parent=self)))
+            offset += (length + 3) & ~3
+
+
+class _NewMacvlanMsg(nlmsg):  # type: ignore[misc]
+    """The RTM_NEWLINK request of :func:`_macvlan_msg`, cheaper for pyroute2 to encode than an ``ifinfmsg``.
+
+    Its attributes are flat: the IFLA_LINKINFO nest comes already encoded (the
+    same bytes for every link with the same macvlan settings, see
+    :func:`_linkinfo`) and the MAC as bytes. The encoded message is the same.
+    """
+
+    fields = ifinfmsg.fields
+    nla_map = (
+        (1, "IFLA_ADDRESS", "cdata"),
+        (3, "IFLA_IFNAME", "asciiz"),
+        (4, "IFLA_MTU", "uint32"),
+        (5, "IFLA_LINK", "uint32"),
+        (13, "IFLA_TXQLEN", "uint32"),
+        (18, "IFLA_LINKINFO", "cdata"),
+        (28, "IFLA_NET_NS_FD", "uint32"),
+    )
+
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 RT_TABLE_LOCAL = 255
 RTPROT_KERNEL = 2
 MACADDR_SET = 3
+NLA_HDRLEN = 4  # struct nlattr
+RTEXT_FILTER_SKIP_STATS = 1 << 3  # IFLA_EXT_MASK: no IFLA_STATS/IFLA_STATS64 in link replies
 MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 MACVLAN_FLAGS = {1: "nopromisc", 2: "nodst"}
 NLM_F_NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -225,6 +283,23 @@ class Rtnl:
         msg["family"] = socket.AF_UNSPEC
         return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
+    def macvlan_links(self, keep: Keep | None = None) -> list[Any]:
+        """Like :meth:`links`, for macvlans only, as :class:`_MacvlanFacts` (read by :func:`to_macvlan`).
+
+        The request asks the kernel for macvlans only (``ip link show type
+        macvlan``; Linux 4.15+, older kernels send every link) and no statistics.
+        """
+        msg = ifinfmsg()
+        msg["family"] = socket.AF_UNSPEC
+        kind = {"attrs": [("IFLA_INFO_KIND", "macvlan")]}
+        msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS), ("IFLA_LINKINFO", kind)]
+        msg_map = self._sock.marshal.msg_map
+        msg_map[RTM_NEWLINK] = _MacvlanFacts
+        try:
+            return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
+        finally:
+            msg_map[RTM_NEWLINK] = ifinfmsg
+
     def link(self, *, name: str | None = None, index: int | None = None) -> Any | None:
         """One link by name or index, or ``None`` if there is none."""
         msg = ifinfmsg()
@@ -297,17 +372,44 @@ class Rtnl:
     def _send_batch(
         self, batch: list[tuple[pb.macvlan_link, Any]]
     ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
-        msgs = [msg for _, msg in batch]
+        """Send the requests of ``batch`` in one write; the kernel's verdict on each.
+
+        Only the last request asks for an ACK. The kernel answers any request
+        that fails whatever its flags say, and handles a batch in order, so the
+        answer to the last request ends the batch; pyroute2 then parses one ACK
+        per batch, not one per link (``nlm_request_batch`` queues each).
+        """
+        sock = self._sock
+        seqs = sock.addr_pool.alloc_multi(len(batch))
         try:
-            replies = list(self._sock.nlm_request_batch(msgs, noraise=True))
-        except _PyrNetlinkError as exc:
-            return [(link, NetlinkError(_errmsg(exc))) for link, _ in batch]
-        errors = {}
-        for reply in replies:
-            failed = reply["header"]["error"]
-            if failed is not None:
-                errors[reply["header"]["sequence_number"]] = NetlinkError(_errmsg(failed))
-        return [(link, errors.get(msg["header"]["sequence_number"])) for link, msg in batch]
+            data = bytearray()
+            for seq, (_, msg) in zip(seqs, batch, strict=True):
+                header = msg["header"]
+                header["sequence_number"] = seq
+                header["pid"] = sock.epid or os.getpid()
+                if seq != seqs[-1]:
+                    header["flags"] &= ~NLM_F_ACK
+                msg.reset()
+                msg.encode()
+                data += msg.data
+            errors: dict[int, NetlinkError] = {}
+            try:
+                sock.sendto(data, (0, 0))
+                pending = True
+                while pending:
+                    for reply in sock.marshal.parse(sock.recv(DEFAULT_RCVBUF)):
+                        seq = reply["header"]["sequence_number"]
+                        failed = reply["header"]["error"]
+                        if failed is not None and seq in seqs:
+                            errors[seq] = NetlinkError(_errmsg(failed))
+                        pending = pending and seq != seqs[-1]
+            except OSError as exc:  # the verdicts not read yet are unknown: failures
+                unknown = NetlinkError(f"netlink: {exc.strerror or exc}")
+                return [(link, errors.get(seq, unknown)) for seq, (link, _) in zip(seqs, batch, strict=True)]
+            return [(link, errors.get(seq)) for seq, (link, _) in zip(seqs, batch, strict=True)]
+        finally:
+            for seq in seqs:
+                sock.addr_pool.free(seq, ban=0xFF)
 
     def set_up(self, index: int) -> None:
         msg = ifinfmsg()
@@ -400,30 +502,16 @@ class Rtnl:
 
 def _macvlan_msg(link: pb.macvlan_link, parent_index: int, target_fd: int) -> Any:
     """The RTM_NEWLINK request that makes ``link`` in ``target_fd`` on ``parent_index``."""
-    data: list[tuple[str, Any]] = [("IFLA_MACVLAN_MODE", link.mode)]
-    if link.HasField("flags"):
-        data.append(("IFLA_MACVLAN_FLAGS", link.flags))
-    if link.source_macs:
-        data.append(("IFLA_MACVLAN_MACADDR_MODE", MACADDR_SET))
-        macs = [("IFLA_MACVLAN_MACADDR", mac_to_str(m)) for m in link.source_macs]
-        data.append(("IFLA_MACVLAN_MACADDR_DATA", {"attrs": macs}))
-    if link.HasField("bc_queue_len"):
-        data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", link.bc_queue_len))
-    if link.HasField("bc_cutoff"):
-        data.append(("IFLA_MACVLAN_BC_CUTOFF", link.bc_cutoff))
-    msg = ifinfmsg()
+    msg = _NewMacvlanMsg()
     msg["family"] = socket.AF_UNSPEC
     msg["index"] = link.ifindex
     attrs: list[tuple[str, Any]] = [
         ("IFLA_IFNAME", link.name),
-        ("IFLA_ADDRESS", mac_to_str(link.address)),
+        ("IFLA_ADDRESS", link.address),
         ("IFLA_MTU", link.mtu),
         ("IFLA_LINK", parent_index),
         ("IFLA_NET_NS_FD", target_fd),
-        (
-            "IFLA_LINKINFO",
-            {"attrs": [("IFLA_INFO_KIND", "macvlan"), ("IFLA_INFO_DATA", {"attrs": data})]},
-        ),
+        ("IFLA_LINKINFO", _linkinfo(_macvlan_settings(link))),
     ]
     if link.HasField("txqlen"):
         attrs.append(("IFLA_TXQLEN", link.txqlen))
@@ -433,12 +521,64 @@ def _macvlan_msg(link: pb.macvlan_link, parent_index: int, target_fd: int) -> An
     return msg
 
 
+MacvlanSettings = tuple[int, int | None, tuple[bytes, ...], int | None, int | None]
+
+
+def _macvlan_settings(link: pb.macvlan_link) -> MacvlanSettings:
+    """What the IFLA_INFO_DATA of ``link`` is made of: mode, flags, source MACs, bc_queue_len, bc_cutoff."""
+    return (
+        link.mode,
+        link.flags if link.HasField("flags") else None,
+        tuple(link.source_macs),
+        link.bc_queue_len if link.HasField("bc_queue_len") else None,
+        link.bc_cutoff if link.HasField("bc_cutoff") else None,
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _linkinfo(settings: MacvlanSettings) -> bytes:
+    """The payload of the IFLA_LINKINFO attribute (kind ``macvlan`` and its IFLA_INFO_DATA), encoded by pyroute2."""
+    mode, flags, source_macs, bc_queue_len, bc_cutoff = settings
+    data: list[tuple[str, Any]] = [("IFLA_MACVLAN_MODE", mode)]
+    if flags is not None:
+        data.append(("IFLA_MACVLAN_FLAGS", flags))
+    if source_macs:
+        data.append(("IFLA_MACVLAN_MACADDR_MODE", MACADDR_SET))
+        macs = [("IFLA_MACVLAN_MACADDR", mac_to_str(m)) for m in source_macs]
+        data.append(("IFLA_MACVLAN_MACADDR_DATA", {"attrs": macs}))
+    if bc_queue_len is not None:
+        data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", bc_queue_len))
+    if bc_cutoff is not None:
+        data.append(("IFLA_MACVLAN_BC_CUTOFF", bc_cutoff))
+    info = ifinfmsg.ifinfo()
+    info.setvalue({"attrs": [("IFLA_INFO_KIND", "macvlan"), ("IFLA_INFO_DATA", {"attrs": data})]})
+    info.encode()
+    return bytes(info.data[NLA_HDRLEN : info.length])  # the attribute without its header
+
+
 IFA_F_NODAD = 0x02
 IFA_F_PERMANENT = 0x80
 FOREVER = 0xFFFFFFFF
 # IFA_PROTO values of the addresses the kernel makes itself (loopback, IPv6
 # link-local, IPv6 autoconf from router advertisements): never saved.
 IFAPROT_KERNEL = (1, 2, 3)
+
+
+def _slots(msg: Any) -> dict[str, Any]:
+    """``msg``'s attributes by name (the first of each name, as ``get_attr`` finds it).
+
+    One walk over the attributes, where each ``get_attr`` walks them all again;
+    a value is decoded only when read (:func:`_value`).
+    """
+    slots: dict[str, Any] = {}
+    for slot in msg["attrs"]:
+        slots.setdefault(slot.name, slot)
+    return slots
+
+
+def _value(slots: dict[str, Any], name: str) -> Any:
+    slot = slots.get(name)
+    return None if slot is None else slot.value
 
 
 def link_kind(msg: Any) -> str | None:
@@ -458,34 +598,52 @@ def _numeric(value: Any, atom: Any) -> int:
 
 def to_macvlan(msg: Any) -> pb.macvlan_link:
     """Convert an RTM_NEWLINK message of a macvlan into a sidecar entry (without L3)."""
-    data = msg.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
+    top = _slots(msg)
+    return _macvlan_entry(msg, top, _slots(_value(top, "IFLA_LINKINFO")))
+
+
+def _macvlan_of(msg: Any) -> pb.macvlan_link | None:
+    """:func:`to_macvlan` of ``msg`` if it is a macvlan, else ``None``: each attribute read once."""
+    top = _slots(msg)
+    info = _value(top, "IFLA_LINKINFO")
+    if info is None:
+        return None
+    info_slots = _slots(info)
+    if _value(info_slots, "IFLA_INFO_KIND") != "macvlan":
+        return None
+    return _macvlan_entry(msg, top, info_slots)
+
+
+def _macvlan_entry(msg: Any, top: dict[str, Any], info: dict[str, Any]) -> pb.macvlan_link:
+    data_msg = _value(info, "IFLA_INFO_DATA")
+    data = _slots(data_msg) if data_msg is not None else {}
+    mode = _value(data, "IFLA_MACVLAN_MODE")
     link = pb.macvlan_link(
-        name=msg.get_attr("IFLA_IFNAME"),
+        name=_value(top, "IFLA_IFNAME"),
         ifindex=msg["index"],
-        mode=_numeric(data.get_attr("IFLA_MACVLAN_MODE"), macvx_data.mode) if data is not None else 0,
-        address=mac_to_bytes(msg.get_attr("IFLA_ADDRESS")),
-        mtu=msg.get_attr("IFLA_MTU"),
+        mode=_numeric(mode, macvx_data.mode) if mode is not None else 0,
+        address=mac_to_bytes(_value(top, "IFLA_ADDRESS")),
+        mtu=_value(top, "IFLA_MTU"),
         link_flags=msg["flags"],
     )
-    if data is not None:
-        flags = data.get_attr("IFLA_MACVLAN_FLAGS")
-        if flags is not None:
-            link.flags = _numeric(flags, macvx_data.flags)
-        for attr, fld in (("IFLA_MACVLAN_BC_QUEUE_LEN", "bc_queue_len"), ("IFLA_MACVLAN_BC_CUTOFF", "bc_cutoff")):
-            value = data.get_attr(attr)
-            if value is not None:
-                setattr(link, fld, value)
-        macs = data.get_attr("IFLA_MACVLAN_MACADDR_DATA")
-        if macs is not None:
-            link.source_macs.extend(mac_to_bytes(m) for m in macs.get_attrs("IFLA_MACVLAN_MACADDR"))
-    txqlen = msg.get_attr("IFLA_TXQLEN")
+    flags = _value(data, "IFLA_MACVLAN_FLAGS")
+    if flags is not None:
+        link.flags = _numeric(flags, macvx_data.flags)
+    for attr, fld in (("IFLA_MACVLAN_BC_QUEUE_LEN", "bc_queue_len"), ("IFLA_MACVLAN_BC_CUTOFF", "bc_cutoff")):
+        value = _value(data, attr)
+        if value is not None:
+            setattr(link, fld, value)
+    macs = _value(data, "IFLA_MACVLAN_MACADDR_DATA")
+    if macs is not None:
+        link.source_macs.extend(mac_to_bytes(m) for m in macs.get_attrs("IFLA_MACVLAN_MACADDR"))
+    txqlen = _value(top, "IFLA_TXQLEN")
     if txqlen is not None:
         link.txqlen = txqlen
     parent = link.parent
-    lower = msg.get_attr("IFLA_LINK")
+    lower = _value(top, "IFLA_LINK")
     if lower is not None:
         parent.ifindex = lower
-    nsid = msg.get_attr("IFLA_LINK_NETNSID")
+    nsid = _value(top, "IFLA_LINK_NETNSID")
     if nsid is not None:
         parent.link_netnsid = nsid
     return link
@@ -572,7 +730,7 @@ def read_macvlans(netns_fd: int, host_fd: int, with_l3: bool = True) -> list[pb.
     kernel's own prefix and local routes).
     """
     with Rtnl(netns_fd) as rtnl:
-        links: list[pb.macvlan_link] = rtnl.links(lambda m: to_macvlan(m) if link_kind(m) == "macvlan" else None)
+        links: list[pb.macvlan_link] = rtnl.macvlan_links(_macvlan_of)
         if not links:
             return []
         host_nsid = rtnl.nsid_of(host_fd)
