@@ -51,6 +51,7 @@ CRIU = shutil.which("criu") or "/usr/sbin/criu"
 CLI = Path(sys.executable).with_name("criu-macvlan")
 PR_SET_CHILD_SUBREAPER = 36
 UNHANDLED_ACTION = "network-lock"
+SERVED = "criu --action-script, serve running"
 MiB = 1 << 20
 IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
 
@@ -78,6 +79,7 @@ class Lab:
         self.veths: list[str] = []
         self.pids: set[int] = set()
         self.popens: list[subprocess.Popen[bytes]] = []
+        self.servers: list[subprocess.Popen[str]] = []
         self.tmp = tempfile.mkdtemp(prefix="criu-macvlan-bench-", dir=tmp_root)
         self._seq = 0
 
@@ -133,6 +135,13 @@ class Lab:
                 pass
 
     def cleanup(self) -> None:
+        for server in self.servers:
+            server.terminate()  # a clean stop removes its runtime dir
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
         for pid in list(self.pids):
             self.kill(pid)
         for p in self.popens:
@@ -212,8 +221,19 @@ class PathSpec:
     fixup: Callable[[int, int, str], None] | None = None  # untimed, (pid, n, parent) after the restore
 
 
-def criu_cli(*args: str, images: str, logname: str) -> None:
-    res = subprocess.run([CRIU, *args, "-D", images, "-o", logname], capture_output=True, text=True, check=False)
+NO_SERVE = "/nonexistent/criu-macvlan-serve"  # CRIU_MACVLAN_SERVE_DIR of the cold paths
+
+
+def criu_env(serve_dir: str = NO_SERVE) -> dict[str, str]:
+    """CRIU's environment (its action scripts inherit it): the cold paths never find a ``serve`` helper."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRIU_MACVLAN_")}
+    env["CRIU_MACVLAN_SERVE_DIR"] = serve_dir
+    return env
+
+
+def criu_cli(*args: str, images: str, logname: str, env: dict[str, str] | None = None) -> None:
+    res = subprocess.run([CRIU, *args, "-D", images, "-o", logname], capture_output=True, text=True, check=False,
+                         env=env or criu_env())
     if res.returncode != 0:
         raise RuntimeError(f"criu {args[0]} failed ({res.returncode}):\n{log_tail(images, logname)}")
 
@@ -230,8 +250,8 @@ def cli_native_dump(pid: int, images: str) -> None:
     criu_cli("dump", "-t", str(pid), images=images, logname="dump.log")
 
 
-def cli_script_dump(pid: int, images: str) -> None:
-    criu_cli("dump", "-t", str(pid), "--action-script", str(ACTION), images=images, logname="dump.log")
+def cli_script_dump(pid: int, images: str, env: dict[str, str] | None = None) -> None:
+    criu_cli("dump", "-t", str(pid), "--action-script", str(ACTION), images=images, logname="dump.log", env=env)
 
 
 def cli_native_restore(images: str, n: int, parent: str) -> int:
@@ -240,11 +260,32 @@ def cli_native_restore(images: str, n: int, parent: str) -> int:
     return pidfile_pid(images)
 
 
-def cli_script_restore(images: str, n: int, parent: str) -> int:
+def cli_script_restore(images: str, n: int, parent: str, env: dict[str, str] | None = None) -> int:
     ext = [a for e in externals(n, parent) for a in ("--external", e)]
     criu_cli("restore", "-d", "--pidfile", pidfile(images), "--action-script", str(ACTION), *ext,
-             images=images, logname="restore.log")
+             images=images, logname="restore.log", env=env)
     return pidfile_pid(images)
+
+
+class Served:
+    """``criu --action-script`` with a ``criu-macvlan serve`` helper running (in a runtime dir of its own)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.dir = f"/run/criu-macvlan/bench-{os.getpid()}"
+        self.proc = subprocess.Popen([str(CLI), "serve", "--dir", self.dir], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        lab.servers.append(self.proc)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if "serving at" not in line:
+            raise RuntimeError(f"criu-macvlan serve did not start: {line.strip()}")
+        self.env = criu_env(self.dir)
+
+    def dump(self, pid: int, images: str) -> None:
+        cli_script_dump(pid, images, self.env)
+
+    def restore(self, images: str, n: int, parent: str) -> int:
+        return cli_script_restore(images, n, parent, self.env)
 
 
 def ours_cli_restore(images: str, n: int, parent: str) -> int:
@@ -337,7 +378,7 @@ def native_substitute(spec: PathSpec) -> PathSpec:
     return spec
 
 
-def path_specs(groups: list[str], native_ok: bool) -> list[PathSpec]:
+def path_specs(groups: list[str], native_ok: bool, lab: Lab) -> list[PathSpec]:
     def nat(spec: PathSpec) -> PathSpec:
         return spec if native_ok else native_substitute(spec)
 
@@ -355,6 +396,8 @@ def path_specs(groups: list[str], native_ok: bool) -> list[PathSpec]:
         specs.append(PathSpec("cmdline", "criu --action-script", cli_script_dump, cli_script_restore))
         if CLI.exists() and have_module("criu_macvlan.cli"):
             specs.append(PathSpec("cmdline", "criu-macvlan CLI", cli_script_dump, ours_cli_restore, dump_timed=False))
+            served = Served(lab)
+            specs.append(PathSpec("cmdline", SERVED, served.dump, served.restore))
         else:
             log(f"{CLI} is not there yet: no CLI path")
     return specs
@@ -456,7 +499,7 @@ def measure(st: HookStats, runs: int, env: dict[str, str], argv: list[str] | Non
 
 
 def hook_env(action: str, images: str, pid: int | None = None, config: str | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRTOOLS_", "CRIU_MACVLAN_"))}
+    env = {k: v for k, v in criu_env().items() if not k.startswith("CRTOOLS_")}
     env.update(CRTOOLS_SCRIPT_ACTION=action, CRTOOLS_IMAGE_DIR=images)
     if pid is not None:
         env["CRTOOLS_INIT_PID"] = str(pid)
@@ -611,24 +654,26 @@ def build_targets(samples: Sample, hooks: dict[str, dict[str, HookStats]]) -> li
         for n in (1, 100):
             out.append(target(f"in-process RPC {op}, N={n}",
                               ratio("inproc", "criu-macvlan RPC", "pycriu (native)", op, n), 1.05, "x native"))
-    out.append(target("action script restore, N=1",
-                      ratio("cmdline", "criu --action-script", "criu (native)", "restore", 1), 1.5, "x native"))
-    per_link = []
-    for path in ("criu --action-script", "criu (native)"):
+    def per_link(path: str) -> float | None:
         hi, lo = (median_of(samples, "cmdline", path, "restore", n) for n in (1000, 1))
-        per_link.append((hi - lo) / 999 if hi is not None and lo is not None else None)
-    ours, nat = per_link
-    out.append(target("action script restore per-link cost, N=1000",
-                      ours / nat if ours is not None and nat else None, 1.2, "x native",
-                      f"ours {ours * 1e3:.3f} ms/link, native {nat * 1e3:.3f} ms/link"
-                      if ours is not None and nat is not None else ""))
+        return (hi - lo) / 999 if hi is not None and lo is not None else None
+
+    nat = per_link("criu (native)")
+    for path, how in (("criu --action-script", "cold"), (SERVED, "criu-macvlan serve running")):
+        out.append(target(f"action script restore, N=1 ({how})",
+                          ratio("cmdline", path, "criu (native)", "restore", 1), 1.5, "x native"))
+        ours = per_link(path)
+        out.append(target(f"action script restore per-link cost, N=1000 ({how})",
+                          ours / nat if ours is not None and nat else None, 1.2, "x native",
+                          f"ours {ours * 1e3:.3f} ms/link, native {nat * 1e3:.3f} ms/link"
+                          if ours is not None and nat is not None else ""))
     out.append(target("criu-macvlan CLI restore, N=1",
                       ratio("cmdline", "criu-macvlan CLI", "criu (native)", "restore", 1), 1.5, "x native"))
     un = hooks.get(f"unhandled ({UNHANDLED_ACTION})", {}).get("1")
     out.append(target("unhandled action (shim alone)", statistics.median(un.wall) * 1e3 if un else None, 3.0, "ms"))
-    for n, st in sorted(hooks.get("post-dump", {}).items(), key=lambda kv: int(kv[0])):
-        limit = 30 + 0.2 * int(n)
-        out.append(target(f"post-dump, N={n}", statistics.median(st.wall) * 1e3, limit, "ms"))
+    for key, st in sorted(hooks.get("post-dump", {}).items(), key=lambda kv: int(kv[0])):
+        limit = 30 + 0.2 * int(key)
+        out.append(target(f"post-dump, N={key}", statistics.median(st.wall) * 1e3, limit, "ms"))
     rss = [r for label, by_n in hooks.items() if not label.startswith("spawn") for st in by_n.values() for r in st.rss]
     out.append(target("hook peak RSS", max(rss) / MiB if rss else None, 60.0, "MiB"))
     return out
@@ -746,7 +791,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         if native_error:
             log(f"native CRIU cannot restore a macvlan here ({native_error}): native restores run on "
                 "images without the macvlan entries (a lower bound), links re-added untimed")
-        specs = path_specs(groups, native_error is None)
+        specs = path_specs(groups, native_error is None, lab)
         for n in ns:
             run_chains(lab, specs, n, runs, warmup and n == ns[0], samples)
         if "actions" in groups:

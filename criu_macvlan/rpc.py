@@ -45,6 +45,7 @@ and without the rest of pycriu (``import pycriu`` loads every image schema, ~90 
 from __future__ import annotations
 
 import array
+import fcntl
 import logging
 import os
 import shutil
@@ -346,15 +347,14 @@ class Criu:
     # ---------------------------------------------------------- plumbing
 
     def _connect(self) -> tuple[Any, socket.socket]:
-        pycriu_criu = _pycriu("criu")
         comm: Any
         if self.service_socket is not None:
-            comm = pycriu_criu._criu_comm_sk(self.service_socket)
+            comm = _pycriu("criu")._criu_comm_sk(self.service_socket)
         else:
             path = shutil.which(self.criu_bin)
             if path is None:
                 raise CriuError(f"criu binary {self.criu_bin!r} not found")
-            comm = pycriu_criu._criu_comm_bin(path)
+            comm = _Swrk(path)
         try:
             sk = comm.connect(False)
         except OSError as exc:
@@ -445,6 +445,48 @@ class Criu:
         except Exception as exc:
             return HookError(action, f"callback failed: {type(exc).__name__}: {exc}", ExitCode.FAILED)
         return None
+
+
+class _Swrk:
+    """``criu swrk`` as our child, like pycriu's ``_criu_comm_bin`` but started by ``posix_spawn``.
+
+    pycriu forks the calling process, whose page tables the kernel copies: a few
+    milliseconds for an engine (or our CLI) with pyroute2, protobuf and pluggy
+    loaded, on every request. ``posix_spawn`` uses vfork and costs nothing of the
+    kind.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sk: socket.socket | None = None
+        self.pid = 0
+
+    def connect(self, daemon: bool) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        child_fd = -1
+        try:
+            # criu swrk gets its end as an inherited fd above stdio, and no stdin/stdout/stderr (as with pycriu)
+            child_fd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 3)  # inheritable: no FD_CLOEXEC
+            self.pid = os.posix_spawn(
+                self.path, [self.path, "swrk", str(child_fd)], os.environ,
+                file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in (0, 1, 2)],
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+            if child_fd >= 0:
+                os.close(child_fd)
+        self.sk = ours
+        return ours
+
+    def disconnect(self) -> None:
+        if self.sk is not None:
+            self.sk.close()
+        if self.pid:
+            os.waitpid(self.pid, 0)
+            self.pid = 0
 
 
 def _send(sk: socket.socket, msg: Any) -> bool:
