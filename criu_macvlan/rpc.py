@@ -140,8 +140,6 @@ def tail_of_log(dir_fd: int, name: str, lines: int = LOG_TAIL_LINES) -> str:
 
 def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
     """Set ``criu_opts`` fields by name: scalars, enum names, repeated fields, dict messages."""
-    from google.protobuf import json_format
-
     fields = opts.DESCRIPTOR.fields_by_name
     for key, value in values.items():
         if value is None:
@@ -149,6 +147,11 @@ def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
         fd = fields.get(key)
         if fd is None:
             raise UsageError(f"unknown CRIU option {key!r} (not a criu_opts field)")
+        errors: tuple[type[Exception], ...] = (TypeError, ValueError, KeyError)
+        if fd.message_type is not None:
+            from google.protobuf import json_format  # ~10 ms: only for message-typed options
+
+            errors += (json_format.ParseError,)
         try:
             if fd.label == fd.LABEL_REPEATED:
                 items: list[Any] = [value] if isinstance(value, str | dict) else list(value)
@@ -164,7 +167,7 @@ def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
                 setattr(opts, key, fd.enum_type.values_by_name[value.upper()].number)
             else:
                 setattr(opts, key, value)
-        except (TypeError, ValueError, KeyError, json_format.ParseError) as exc:
+        except errors as exc:
             raise UsageError(f"bad value {value!r} for CRIU option {key!r}: {exc}") from exc
 
 
@@ -250,9 +253,18 @@ class _Request:
 
 
 def _native_macvlans(dir_fd: int) -> set[str]:
-    """Names of the macvlans CRIU's netdev images leave to CRIU itself (MACVLAN entries)."""
+    """Names of the macvlans CRIU's netdev images leave to CRIU itself (MACVLAN entries).
+
+    None when criu-macvlan made the dump (there is a sidecar): its post-dump
+    converted them all (``setup-namespaces`` refuses the images otherwise).
+    """
     from . import images
 
+    try:
+        os.stat(images.SIDECAR, dir_fd=dir_fd)
+        return set()
+    except OSError:
+        pass
     try:
         return {n for img in images.netdev_images(dir_fd) for n, _ in images.summarize_netdev(dir_fd, img).native}
     except CriuMacvlanError:
