@@ -238,6 +238,8 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             self._found = _read_links(*self._args)
+            if self._found is not None:
+                images.netdev_entry_class()  # imported now, not in post-dump (the tree is frozen then)
         except BaseException as exc:  # handed to post-dump
             self._error = exc
 
