@@ -233,6 +233,7 @@ def _errmsg(exc: BaseException) -> str:
 DUMP_RETRIES = 10
 BATCH_BYTES = 32 << 10  # of RTM_NEWLINK requests per send (the socket's send buffer is ~200 kB)
 Keep = Callable[[Any], Any]  # a dump's reply -> what to keep of it, or None
+Results = list[tuple[pb.macvlan_link, NetlinkError | None]]  # each link sent, and its error if it failed
 
 
 class Rtnl:
@@ -345,9 +346,7 @@ class Rtnl:
         if error is not None:
             raise error
 
-    def create_macvlans(
-        self, items: Sequence[tuple[pb.macvlan_link, int]], target_fd: int
-    ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
+    def create_macvlans(self, items: Sequence[tuple[pb.macvlan_link, int]], target_fd: int) -> Results:
         """Create each ``(link, parent_index)`` in the netns ``target_fd``: ``(link, error or None)`` each.
 
         The requests go out back to back, a batch of about ``BATCH_BYTES`` per send,
@@ -356,42 +355,46 @@ class Rtnl:
         a failed one in the same batch may exist; no further batch is sent after a
         failure, and the result has an entry for every link sent.
         """
-        results: list[tuple[pb.macvlan_link, NetlinkError | None]] = []
-        batch: list[tuple[pb.macvlan_link, Any]] = []
+        return self._create([(link, _encode(_macvlan_msg(link, index, target_fd))) for link, index in items])
+
+    def create_prepared(self, prepared: PreparedMacvlans, target_fd: int) -> Results:
+        """:meth:`create_macvlans` with requests encoded ahead of time, into the netns ``target_fd``."""
+        os.dup2(target_fd, prepared.slot, inheritable=False)  # the requests name this fd number
+        return self._create(prepared.requests)
+
+    def _create(self, requests: list[tuple[pb.macvlan_link, bytes]]) -> Results:
+        results: Results = []
+        batch: list[tuple[pb.macvlan_link, bytes]] = []
         size = 0
-        for i, (link, parent_index) in enumerate(items):
-            batch.append((link, _macvlan_msg(link, parent_index, target_fd)))
-            size += 128 + 12 * len(link.source_macs)
-            if size >= BATCH_BYTES or i == len(items) - 1:
+        for i, (link, request) in enumerate(requests):
+            batch.append((link, request))
+            size += len(request)
+            if size >= BATCH_BYTES or i == len(requests) - 1:
                 results += self._send_batch(batch)
                 if any(error is not None for _, error in results):
                     break
                 batch, size = [], 0
         return results
 
-    def _send_batch(
-        self, batch: list[tuple[pb.macvlan_link, Any]]
-    ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
-        """Send the requests of ``batch`` in one write; the kernel's verdict on each.
+    def _send_batch(self, batch: list[tuple[pb.macvlan_link, bytes]]) -> Results:
+        """Send the encoded requests of ``batch`` in one write; the kernel's verdict on each.
 
-        Only the last request asks for an ACK. The kernel answers any request
-        that fails whatever its flags say, and handles a batch in order, so the
-        answer to the last request ends the batch; pyroute2 then parses one ACK
-        per batch, not one per link (``nlm_request_batch`` queues each).
+        Each request gets its sequence number and port id in its header here. Only
+        the last one asks for an ACK: the kernel answers any request that fails
+        whatever its flags say, and handles a batch in order, so the answer to the
+        last request ends the batch; pyroute2 then parses one ACK per batch, not
+        one per link (``nlm_request_batch`` queues each).
         """
         sock = self._sock
         seqs = sock.addr_pool.alloc_multi(len(batch))
         try:
             data = bytearray()
-            for seq, (_, msg) in zip(seqs, batch, strict=True):
-                header = msg["header"]
-                header["sequence_number"] = seq
-                header["pid"] = sock.epid or os.getpid()
-                if seq != seqs[-1]:
-                    header["flags"] &= ~NLM_F_ACK
-                msg.reset()
-                msg.encode()
-                data += msg.data
+            port = sock.epid or os.getpid()
+            for seq, (_, request) in zip(seqs, batch, strict=True):
+                offset = len(data)
+                data += request
+                flags = NLM_F_NEW if seq == seqs[-1] else NLM_F_NEW & ~NLM_F_ACK
+                _NLMSG_TAIL.pack_into(data, offset + _NLMSG_TAIL_OFFSET, flags, seq, port)
             errors: dict[int, NetlinkError] = {}
             try:
                 sock.sendto(data, (0, 0))
@@ -498,6 +501,36 @@ class Rtnl:
                 return
             where = ip_to_str(fam, route.dst) if route.HasField("dst") else "default"
             raise NetlinkError(f"cannot add route {where}/{route.dst_len}: {_errmsg(exc)}") from exc
+
+
+# struct nlmsghdr {u32 len; u16 type; u16 flags; u32 seq; u32 pid}: the per-send part
+_NLMSG_TAIL = struct.Struct("=HII")
+_NLMSG_TAIL_OFFSET = 6
+
+
+def _encode(msg: Any) -> bytes:
+    """A request encoded by pyroute2, its sequence number and port id still to be set."""
+    msg.encode()
+    return bytes(msg.data)
+
+
+class PreparedMacvlans:
+    """RTM_NEWLINK requests encoded before their target netns exists (RPC mode: while CRIU starts).
+
+    A request names its target netns by an fd number (IFLA_NET_NS_FD). These name
+    :attr:`slot`, an fd reserved here; :meth:`Rtnl.create_prepared` makes that
+    number the real netns (``dup2``), so the encoded bytes go out unchanged.
+    """
+
+    def __init__(self, items: Sequence[tuple[pb.macvlan_link, int]]) -> None:
+        self.slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.parents = [index for _, index in items]
+        self.requests = [(link, _encode(_macvlan_msg(link, index, self.slot))) for link, index in items]
+
+    def close(self) -> None:
+        if self.slot >= 0:
+            os.close(self.slot)
+            self.slot = -1
 
 
 def _macvlan_msg(link: pb.macvlan_link, parent_index: int, target_fd: int) -> Any:

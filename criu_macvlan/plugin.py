@@ -34,7 +34,7 @@ from .hookspecs import hookimpl
 from .mappings import format_mapping
 
 if TYPE_CHECKING:
-    from .netlink import Rtnl
+    from .netlink import PreparedMacvlans, Rtnl
 
 IFF_UP = 0x1
 NETNS_EXTERNAL_PREFIX = "net["
@@ -69,8 +69,10 @@ class MacvlanPlugin:
                 if opened is not None:
                     ctx.state[_READ] = _Reader(*opened)
             elif ctx.action == "restore":
-                ctx.state[_PLAN] = _prepare_restore(ctx)
-                from . import netlink  # noqa: F401  (imported now, used in setup-namespaces)
+                todo = _prepare_restore(ctx)
+                ctx.state[_PLAN] = todo
+                if todo is not None:
+                    ctx.state[_REQUESTS] = _encode_ahead(todo[0])
         except CriuMacvlanError as exc:
             ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
 
@@ -132,30 +134,36 @@ class MacvlanPlugin:
 
     @hookimpl
     def criu_setup_namespaces(self, ctx: ActionContext) -> None:
-        prepared = _prepared(ctx, _PLAN)
-        todo = prepared if prepared is not None else _prepare_restore(ctx)
-        if todo is None:
-            return
-        plan, with_l3 = todo
-        pid = _require_pid(ctx)
-        target = nsutil.open_of_pid(pid)
-        own = nsutil.open_own()
+        requests = ctx.state.pop(_REQUESTS, None)
         try:
-            if nsutil.same(target, own):
-                raise CriuMacvlanError(
-                    f"restored tree {pid} is in our own network namespace: the dump had macvlans "
-                    "in a netns of its own, restore it into a new one"
-                )
-            restore_links(plan, target, with_l3=with_l3, ctx=ctx)
+            prepared = _prepared(ctx, _PLAN)
+            todo = prepared if prepared is not None else _prepare_restore(ctx)
+            if todo is None:
+                return
+            plan, with_l3 = todo
+            pid = _require_pid(ctx)
+            target = nsutil.open_of_pid(pid)
+            own = nsutil.open_own()
+            try:
+                if nsutil.same(target, own):
+                    raise CriuMacvlanError(
+                        f"restored tree {pid} is in our own network namespace: the dump had macvlans "
+                        "in a netns of its own, restore it into a new one"
+                    )
+                restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
+            finally:
+                os.close(target)
+                os.close(own)
         finally:
-            os.close(target)
-            os.close(own)
+            if requests is not None:
+                requests.close()
 
 
 # ctx.state keys: what criu_rpc_request prepared (a result, or the error to raise later)
 _READ = "macvlan.read"
 _READER = "macvlan.reader"
 _PLAN = "macvlan.plan"
+_REQUESTS = "macvlan.requests"
 
 Found = tuple[list[pb.macvlan_link], int]  # the links and the inode of their netns
 
@@ -260,6 +268,15 @@ def _head(ctx: ActionContext, inode: int) -> pb.macvlan_head:
 def _stage(ctx: ActionContext, links: list[pb.macvlan_link], inode: int) -> None:
     images.write_atomic(ctx.images.fd, images.STAGED, images.encode(_head(ctx, inode), links))
     ctx.log.info("staged %d macvlan link(s): %s", len(links), ", ".join(lk.name for lk in links))
+
+
+def _encode_ahead(plan: list[Planned]) -> PreparedMacvlans:
+    """The creation requests of ``plan``, parents resolved now and requests encoded (see ``create_prepared``)."""
+    from .netlink import PreparedMacvlans, Rtnl
+
+    with Rtnl(None) as host:
+        _resolve_parents(host, plan)
+    return PreparedMacvlans([(item.link, item.parent_index) for item in plan])
 
 
 def _prepare_restore(ctx: ActionContext) -> tuple[list[Planned], bool] | None:
@@ -410,8 +427,14 @@ def _same_link(msg: Any, link: pb.macvlan_link) -> bool:
     )
 
 
-def restore_links(plan: list[Planned], target: int, with_l3: bool, ctx: ActionContext) -> None:
-    """Create every planned link in ``target``; on failure remove the ones made here."""
+def restore_links(
+    plan: list[Planned], target: int, with_l3: bool, ctx: ActionContext, requests: PreparedMacvlans | None = None
+) -> None:
+    """Create every planned link in ``target``; on failure remove the ones made here.
+
+    ``requests``: the plan's requests encoded ahead of time, used when they still
+    fit (every link to make, on the same parents).
+    """
     from .netlink import Rtnl
 
     created: list[pb.macvlan_link] = []
@@ -434,7 +457,11 @@ def restore_links(plan: list[Planned], target: int, with_l3: bool, ctx: ActionCo
                         f"the target netns already has {clash!r}"
                     )
                 todo.append(item)
-            results = host.create_macvlans([(item.link, item.parent_index) for item in todo], target)
+            items = [(item.link, item.parent_index) for item in todo]
+            if requests is not None and len(todo) == len(plan) and requests.parents == [i for _, i in items]:
+                results = host.create_prepared(requests, target)
+            else:
+                results = host.create_macvlans(items, target)
             created += [link for link, error in results if error is None]
             for item, (link, error) in zip(todo, results, strict=False):  # no results past a failed batch
                 if error is not None:

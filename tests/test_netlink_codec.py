@@ -179,3 +179,41 @@ def test_batch_reports_each_failure_in_place(net: Net, procs: Procs, bad: int) -
     assert "File exists" in str(results[bad][1])
     made = {f"mvb{i}" for i in range(4) if i != bad}
     assert made <= {line.split(": ")[1].split("@")[0] for line in ip("-o", "link", pid=pid).splitlines()}
+
+
+def test_prepared_requests_name_their_slot_and_match_the_usual_ones() -> None:
+    prepared = netlink.PreparedMacvlans([(link, 3) for link in _links()])
+    try:
+        assert prepared.parents == [3, 3, 3]
+        for (link, request), original in zip(prepared.requests, _links(), strict=True):
+            assert link == original
+            generic = _encoded(_generic_request(link, 3, prepared.slot))
+            # the same but for the header's flags, sequence number and port id, set when sent
+            assert request[:6] == generic[:6] and request[16:] == generic[16:]
+    finally:
+        prepared.close()
+    assert prepared.slot == -1
+    prepared.close()  # twice is fine
+
+
+@pytest.mark.integration
+def test_prepared_requests_create_links_in_a_netns_opened_later(net: Net, procs: Procs) -> None:
+    """Encoded before the netns is known (RPC restore: while CRIU starts), sent once it is."""
+    parent = net.veth()
+    with netlink.Rtnl(None) as host:
+        index = netlink.index_of(host, parent)
+        links = [pb.macvlan_link(name=f"mvp{i}", ifindex=200 + i, mode=4, address=MAC[:5] + bytes([i]), mtu=1500)
+                 for i in range(3)]
+        prepared = netlink.PreparedMacvlans([(link, index) for link in links])
+        pid = procs.tree("sleep", "1000")
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            results = host.create_prepared(prepared, fd)
+        finally:
+            os.close(fd)
+            prepared.close()
+    assert [(lk.name, error) for lk, error in results] == [(f"mvp{i}", None) for i in range(3)]
+    lines = ip("-o", "link", pid=pid).splitlines()
+    made = {line.split(": ")[1].split("@")[0]: int(line.split(":")[0]) for line in lines}
+    assert {name: made.get(name) for name in ("mvp0", "mvp1", "mvp2")} == {"mvp0": 200, "mvp1": 201, "mvp2": 202}
+    assert not any(name.startswith("mvp") for name in ip("-o", "link").split())  # not on the host

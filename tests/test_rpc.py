@@ -286,3 +286,43 @@ def test_parent_inside_the_dumped_netns_is_refused(procs: Procs, images: Path, h
     assert alive(pid)
     assert not (images / "macvlan.img").exists()
     assert not [n for n in os.listdir(images) if n.startswith(".criu-macvlan")]
+
+
+def test_rpc_restore_uses_requests_encoded_ahead_unless_a_parent_changed(
+    net: Net, procs: Procs, images: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The links' requests are encoded while CRIU starts; a parent re-created meanwhile gets fresh ones."""
+    from criu_macvlan import netlink
+
+    a, b = net.veth("pa"), net.veth("pb")
+    pid = procs.tree()
+    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
+    dump(Criu(CRIU), pid, images)
+    used: list[str] = []
+    real_prepared, real_plain = netlink.Rtnl.create_prepared, netlink.Rtnl.create_macvlans
+    monkeypatch.setattr(netlink.Rtnl, "create_prepared",
+                        lambda self, *a: used.append("prepared") or real_prepared(self, *a))
+    monkeypatch.setattr(netlink.Rtnl, "create_macvlans",
+                        lambda self, *a: used.append("plain") or real_plain(self, *a))
+
+    first = restore(Criu(CRIU), images, procs, {"mv0": b})
+    assert used == ["prepared"]
+    assert links_json(first)["mv0"]["link_index"] == links_json()[b]["ifindex"]
+    procs.cleanup()
+
+    class Recreate:
+        """Replaces parent ``b`` by a new veth of the same name (a new ifindex) at pre-restore."""
+
+        @hookimpl
+        def criu_pre_restore(self, ctx: ActionContext) -> None:
+            ip("link", "del", b)
+            ip("link", "add", b, "type", "veth", "peer", "name", b + "p")
+            ip("link", "set", b, "up")
+            ip("link", "set", b + "p", "up")
+
+    used.clear()
+    old_index = links_json()[b]["ifindex"]
+    second = restore(Criu(CRIU, hooks=hooks_with(Recreate())), images, procs, {"mv0": b})
+    assert used == ["plain"]
+    assert links_json()[b]["ifindex"] != old_index
+    assert links_json(second)["mv0"]["link_index"] == links_json()[b]["ifindex"]
