@@ -280,8 +280,10 @@ class Rtnl:
     # ------------------------------------------------------------ reading
 
     def links(self, keep: Keep | None = None) -> list[Any]:
+        """Every link of the netns (without statistics: no caller reads them)."""
         msg = ifinfmsg()
         msg["family"] = socket.AF_UNSPEC
+        msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
         return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
     def macvlan_links(self, keep: Keep | None = None) -> list[Any]:
@@ -302,13 +304,14 @@ class Rtnl:
             msg_map[RTM_NEWLINK] = ifinfmsg
 
     def link(self, *, name: str | None = None, index: int | None = None) -> Any | None:
-        """One link by name or index, or ``None`` if there is none."""
+        """One link by name or index (without statistics), or ``None`` if there is none."""
         msg = ifinfmsg()
         msg["family"] = socket.AF_UNSPEC
         if index is not None:
             msg["index"] = index
+        msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
         if name is not None:
-            msg["attrs"] = [("IFLA_IFNAME", name)]
+            msg["attrs"].append(("IFLA_IFNAME", name))
         try:
             found = self._request(msg, RTM_GETLINK, NLM_F_REQUEST)
         except _PyrNetlinkError as exc:
