@@ -18,8 +18,9 @@ the helper and the shim alike), mode 0700, root only:
 * the child takes everything else from the shim process itself: its environment
   (``CRTOOLS_*`` and the rest, exactly what a Python start would see), its stderr
   (CRIU's log) and its parent (the CRIU process, which must own the images dir
-  named by ``CRTOOLS_IMAGE_DIR``). A request that does not check out gets no
-  answer: the shim then runs the action itself.
+  named by ``CRTOOLS_IMAGE_DIR``). A request that does not check out is
+  answered ``refused``: the shim then runs the action itself, as it does when no
+  helper runs or none answers.
 
 The helper runs the code it imported when it started: restart it after upgrading
 criu-macvlan or its plugins.
@@ -165,17 +166,18 @@ def shim_request(token: int) -> tuple[dict[str, str], int] | None:
 
 
 def handle(path: str, token: int) -> None:
-    """In the forked child: run the action of shim ``token`` and answer it."""
+    """In the forked child: run the action of shim ``token`` and answer it (``refused``: it runs Python)."""
     from .action import main
 
     found = shim_request(token)
-    if found is None:
+    err = -1
+    if found is not None:
+        with contextlib.suppress(OSError):  # e.g. a socket: refused
+            err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    if found is None or err < 0:
+        _reply(path, token, "refused")
         return
     env, _ = found
-    try:
-        err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    except OSError:
-        return  # e.g. a socket: the shim runs the action itself
     os.dup2(err, 2)
     os.close(err)
     os.environ.clear()
@@ -186,11 +188,15 @@ def handle(path: str, token: int) -> None:
         "criu-macvlan serve (pid %d) ran %s: exit code %d", os.getppid(), env["CRTOOLS_SCRIPT_ACTION"], code
     )
     sys.stderr.flush()
+    _reply(path, token, str(code))
+
+
+def _reply(path: str, token: int, answer: str) -> None:
     try:  # the shim holds the FIFO open: this never blocks; ENXIO if it gave up
         rep = os.open(f"{path}/rep.{token}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return
     try:
-        os.write(rep, f"{code}\n".encode("ascii"))
+        os.write(rep, f"{answer}\n".encode("ascii"))
     finally:
         os.close(rep)

@@ -136,3 +136,17 @@ def test_serve_goes_away_when_idle() -> None:
     assert serve.serve(path, idle_timeout=0.2) == 0
     assert time.monotonic() - t0 < 20
     assert not os.path.exists(path)
+
+
+def test_a_refused_request_falls_back_to_python_at_once(tmp_path: Path,
+                                                        served: tuple[str, subprocess.Popen[str]]) -> None:
+    """The images dir is not one a CRIU parent of the hook holds: the helper refuses, the hook runs Python."""
+    path, _ = served
+    env = {**env_for(path), "CRTOOLS_SCRIPT_ACTION": "setup-namespaces", "CRTOOLS_IMAGE_DIR": str(tmp_path),
+           "CRTOOLS_INIT_PID": str(os.getpid())}
+    t0 = time.monotonic()
+    res = subprocess.run([str(ACTION_SCRIPT)], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert time.monotonic() - t0 < 30
+    assert res.returncode == 0, res.stderr  # no sidecar: nothing to do, said by Python
+    assert "criu-macvlan serve" not in res.stderr
+    assert sorted(os.listdir(path)) == ["pid", "req"]
