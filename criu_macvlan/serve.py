@@ -138,8 +138,12 @@ def _fork_handler(path: str, token: int) -> None:
     try:  # pragma: no cover - the forked child (tested end to end)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        handle(path, token)
-        code = 0
+        try:
+            handle(path, token)
+            code = 0
+        except BaseException:
+            _reply(path, token, "refused")  # the hook runs Python rather than wait for its timeout
+            raise
     finally:
         sys.stderr.flush()
         os._exit(code)
