@@ -523,6 +523,14 @@ def helper_hwm(criu_pid: int) -> int | None:
 
     try:
         pid = Path(warm.runtime_dir(criu_pid), "pid").read_text().strip()
+    except OSError:
+        return None
+    return process_hwm(int(pid))
+
+
+def process_hwm(pid: int) -> int | None:
+    """Peak RSS (bytes) of process ``pid`` so far."""
+    try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
@@ -596,7 +604,9 @@ def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, H
 # -------------------------------------------------------------------- report
 
 
-def summary(values: list[float]) -> dict[str, float]:
+def summary(values: list[float]) -> dict[str, float | None]:
+    if not values:  # a row with a memory reading only
+        return {"median": None, "min": None, "max": None, "runs": 0}
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
 
 
@@ -628,7 +638,7 @@ def build_rows(samples: Sample) -> list[dict[str, Any]]:
                 for n, values in sorted(by_n.items(), key=lambda kv: int(kv[0])):
                     s = summary(values)
                     base = samples[group].get(native or "", {}).get(op, {}).get(n) if native else None
-                    ratio = s["median"] / statistics.median(base) if base else None
+                    ratio = statistics.median(values) / statistics.median(base) if base else None
                     rows.append({"group": group, "path": path, "op": op, "n": int(n), **s, "ratio": ratio})
     return rows
 
@@ -723,6 +733,9 @@ def render_md(data: dict[str, Any]) -> str:
               "| action | N | median ms | min-max ms | peak RSS MiB | runs |", "|---|---|---|---|---|---|"]
     for h in data["hooks"]:
         rss = "-" if h["rss_max"] is None else f"{h['rss_max'] / MiB:.1f}"
+        if h["median"] is None:
+            lines.append(f"| {h['action']} | {h['n']} | - | - | {rss} | - |")
+            continue
         lines.append(f"| {h['action']} | {h['n']} | {h['median'] * 1e3:.2f} | {h['min'] * 1e3:.2f}-"
                      f"{h['max'] * 1e3:.2f} | {rss} | {h['runs']} |")
     lines.append("")
@@ -794,6 +807,9 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         specs = path_specs(groups, native_error is None, lab)
         for n in ns:
             run_chains(lab, specs, n, runs, warmup and n == ns[0], samples)
+        for server in lab.servers:  # criu-macvlan serve's memory counts as the hook's (its children share it)
+            if (hwm := process_hwm(server.pid)) is not None:
+                hooks.setdefault("criu-macvlan serve (the helper)", {}).setdefault("1", HookStats()).rss.append(hwm)
         if "actions" in groups:
             bench_hooks(lab, ns, runs, hooks)
     finally:
@@ -836,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-g", "--groups", default="inproc,cmdline,actions", help="inproc,cmdline,actions")
     ap.add_argument("-o", "--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    ns, runs, warmup = [1, 10, 100, 1000], 5, True
+    ns, runs, warmup = [1, 10, 100, 1000], 9, True
     if args.quick:
         ns, runs = [1, 10], 3
     if args.smallest:
