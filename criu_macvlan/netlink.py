@@ -20,9 +20,11 @@ import os
 import platform
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from queue import SimpleQueue
+from typing import Any, ClassVar, TypeVar
 
 from . import macvlan_pb2 as pb
 from .errors import NetlinkError
@@ -232,6 +234,7 @@ def _errmsg(exc: BaseException) -> str:
 
 DUMP_RETRIES = 10
 BATCH_BYTES = 32 << 10  # of RTM_NEWLINK requests per send (the socket's send buffer is ~200 kB)
+PIPELINE_LINKS = 256  # above this many links, encode them in a thread while the kernel works (~2 batches)
 Keep = Callable[[Any], Any]  # a dump's reply -> what to keep of it, or None
 Results = list[tuple[pb.macvlan_link, NetlinkError | None]]  # each link sent, and its error if it failed
 
@@ -357,26 +360,33 @@ class Rtnl:
         link. The kernel handles every request of a batch on its own, so links after
         a failed one in the same batch may exist; no further batch is sent after a
         failure, and the result has an entry for every link sent.
+
+        Beyond ``PIPELINE_LINKS`` links a thread encodes the requests while the
+        kernel makes the links of the batch sent before (``sendto`` runs without
+        the GIL): pyroute2's encoding and the kernel's work overlap.
         """
-        return self._create([(link, _encode(_macvlan_msg(link, index, target_fd))) for link, index in items])
+        requests = ((link, _encode(_macvlan_msg(link, index, target_fd))) for link, index in items)
+        return self._create(_ahead(requests) if len(items) > PIPELINE_LINKS else requests)
 
     def create_prepared(self, prepared: PreparedMacvlans, target_fd: int) -> Results:
         """:meth:`create_macvlans` with requests encoded ahead of time, into the netns ``target_fd``."""
         os.dup2(target_fd, prepared.slot, inheritable=False)  # the requests name this fd number
-        return self._create(prepared.requests)
+        return self._create(iter(prepared.requests))
 
-    def _create(self, requests: list[tuple[pb.macvlan_link, bytes]]) -> Results:
+    def _create(self, requests: Iterator[tuple[pb.macvlan_link, bytes]]) -> Results:
         results: Results = []
         batch: list[tuple[pb.macvlan_link, bytes]] = []
         size = 0
-        for i, (link, request) in enumerate(requests):
+        for link, request in requests:
             batch.append((link, request))
             size += len(request)
-            if size >= BATCH_BYTES or i == len(requests) - 1:
+            if size >= BATCH_BYTES:
                 results += self._send_batch(batch)
                 if any(error is not None for _, error in results):
-                    break
+                    return results
                 batch, size = [], 0
+        if batch:
+            results += self._send_batch(batch)
         return results
 
     def _send_batch(self, batch: list[tuple[pb.macvlan_link, bytes]]) -> Results:
@@ -504,6 +514,39 @@ class Rtnl:
                 return
             where = ip_to_str(fam, route.dst) if route.HasField("dst") else "default"
             raise NetlinkError(f"cannot add route {where}/{route.dst_len}: {_errmsg(exc)}") from exc
+
+
+T = TypeVar("T")
+
+
+def _ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, produced by a thread of their own ahead of the consumer."""
+    queue: SimpleQueue[tuple[bool, Any]] = SimpleQueue()  # (done, item or exception)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    break
+                queue.put((False, item))
+            queue.put((True, None))
+        except BaseException as exc:  # handed to the consumer
+            queue.put((True, exc))
+
+    thread = threading.Thread(target=produce, name="criu-macvlan-encoder", daemon=True)
+    thread.start()
+    try:
+        while True:
+            done, value = queue.get()
+            if done:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 # struct nlmsghdr {u32 len; u16 type; u16 flags; u32 seq; u32 pid}: the per-send part

@@ -217,3 +217,52 @@ def test_prepared_requests_create_links_in_a_netns_opened_later(net: Net, procs:
     made = {line.split(": ")[1].split("@")[0]: int(line.split(":")[0]) for line in lines}
     assert {name: made.get(name) for name in ("mvp0", "mvp1", "mvp2")} == {"mvp0": 200, "mvp1": 201, "mvp2": 202}
     assert not any(name.startswith("mvp") for name in ip("-o", "link").split())  # not on the host
+
+
+def test_ahead_yields_in_order_hands_over_errors_and_stops_with_its_consumer() -> None:
+    assert list(netlink._ahead(iter(range(1000)))) == list(range(1000))
+
+    def broken() -> Any:
+        yield 1
+        raise ValueError("encode failed")
+
+    with pytest.raises(ValueError, match="encode failed"):
+        list(netlink._ahead(broken()))
+    produced: list[int] = []
+
+    def counted() -> Any:
+        for i in range(10**6):
+            produced.append(i)
+            yield i
+
+    gen = netlink._ahead(counted())
+    assert next(gen) == 0
+    gen.close()  # the consumer stops: so does the producer thread
+    assert len(produced) < 10**6
+
+
+@pytest.mark.integration
+def test_many_links_are_encoded_while_the_kernel_works_and_a_failure_stops_the_batches(
+    net: Net, procs: Procs
+) -> None:
+    n = netlink.PIPELINE_LINKS + 100
+    pid = procs.tree("sleep", "1000")
+    parent = net.veth()
+    links = [
+        pb.macvlan_link(name=f"mvq{i}", ifindex=1000 + i, mode=4, address=bytes([2, 0, 0, 0, i >> 8, i & 255]),
+                        mtu=1500)
+        for i in range(n)
+    ]
+    bad = n - 50
+    links[bad].name = links[0].name  # refused by the kernel: File exists
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with netlink.Rtnl(None) as host:
+            results = host.create_macvlans([(link, netlink.index_of(host, parent)) for link in links], fd)
+    finally:
+        os.close(fd)
+    failed = [i for i, (_, error) in enumerate(results) if error is not None]
+    assert failed == [bad]
+    assert [lk.name for lk, _ in results] == [lk.name for lk in links[: len(results)]]
+    made = {line.split(": ")[1].split("@")[0] for line in ip("-o", "link", pid=pid).splitlines()}
+    assert {"mvq0", f"mvq{bad - 1}"} <= made
