@@ -248,6 +248,7 @@ class Rtnl:
                 self._sock: Any = NetlinkSocket(NETLINK_ROUTE, nlm_generator=True)
             self._sock.marshal = _Marshal()
             self._sock.bind()
+            self._batch_seq = 0x10000
         except OSError as exc:
             raise NetlinkError(f"cannot open a netlink socket: {exc.strerror or exc}") from exc
 
@@ -399,33 +400,31 @@ class Rtnl:
         one per link (``nlm_request_batch`` queues each).
         """
         sock = self._sock
-        seqs = sock.addr_pool.alloc_multi(len(batch))
+        # Numbers of our own, above pyroute2's pool (0xff-0xffff, for its requests): no bookkeeping per link
+        seqs = range(self._batch_seq, self._batch_seq + len(batch))
+        self._batch_seq += len(batch)
+        data = bytearray()
+        port = sock.epid or os.getpid()
+        for seq, (_, request) in zip(seqs, batch, strict=True):
+            offset = len(data)
+            data += request
+            flags = NLM_F_NEW if seq == seqs[-1] else NLM_F_NEW & ~NLM_F_ACK
+            _NLMSG_TAIL.pack_into(data, offset + _NLMSG_TAIL_OFFSET, flags, seq, port)
+        errors: dict[int, NetlinkError] = {}
         try:
-            data = bytearray()
-            port = sock.epid or os.getpid()
-            for seq, (_, request) in zip(seqs, batch, strict=True):
-                offset = len(data)
-                data += request
-                flags = NLM_F_NEW if seq == seqs[-1] else NLM_F_NEW & ~NLM_F_ACK
-                _NLMSG_TAIL.pack_into(data, offset + _NLMSG_TAIL_OFFSET, flags, seq, port)
-            errors: dict[int, NetlinkError] = {}
-            try:
-                sock.sendto(data, (0, 0))
-                pending = True
-                while pending:
-                    for reply in sock.marshal.parse(sock.recv(DEFAULT_RCVBUF)):
-                        seq = reply["header"]["sequence_number"]
-                        failed = reply["header"]["error"]
-                        if failed is not None and seq in seqs:
-                            errors[seq] = NetlinkError(_errmsg(failed))
-                        pending = pending and seq != seqs[-1]
-            except OSError as exc:  # the verdicts not read yet are unknown: failures
-                unknown = NetlinkError(f"netlink: {exc.strerror or exc}")
-                return [(link, errors.get(seq, unknown)) for seq, (link, _) in zip(seqs, batch, strict=True)]
-            return [(link, errors.get(seq)) for seq, (link, _) in zip(seqs, batch, strict=True)]
-        finally:
-            for seq in seqs:
-                sock.addr_pool.free(seq, ban=0xFF)
+            sock.sendto(data, (0, 0))
+            pending = True
+            while pending:
+                for reply in sock.marshal.parse(sock.recv(DEFAULT_RCVBUF)):
+                    seq = reply["header"]["sequence_number"]
+                    failed = reply["header"]["error"]
+                    if failed is not None and seq in seqs:
+                        errors[seq] = NetlinkError(_errmsg(failed))
+                    pending = pending and seq != seqs[-1]
+        except OSError as exc:  # the verdicts not read yet are unknown: failures
+            unknown = NetlinkError(f"netlink: {exc.strerror or exc}")
+            return [(link, errors.get(seq, unknown)) for seq, (link, _) in zip(seqs, batch, strict=True)]
+        return [(link, errors.get(seq)) for seq, (link, _) in zip(seqs, batch, strict=True)]
 
     def set_up(self, index: int) -> None:
         msg = ifinfmsg()
