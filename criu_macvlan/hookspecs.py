@@ -4,7 +4,8 @@ CRIU announces the stages of a dump or restore as *actions*: it runs
 ``--action-script`` programs with ``CRTOOLS_SCRIPT_ACTION`` set, and in RPC mode
 sends the same names as ``NOTIFY`` messages to the RPC client. criu-macvlan turns
 each action into a call of the pluggy hook of the same name (``pre-dump`` ->
-``criu_pre_dump``), with one :class:`~criu_macvlan.context.ActionContext`.
+``criu_pre_dump``), with one :class:`~criu_macvlan.context.ActionContext`. One more
+hook, ``criu_rpc_request``, belongs to our RPC driver, not to a CRIU action.
 
 Contract shared by every hook:
 
