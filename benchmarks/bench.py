@@ -752,6 +752,8 @@ def plot(data: dict[str, Any], path: str) -> bool:
         log("matplotlib is not installed (pip install -e .[bench]): no plot")
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    every = sorted({(r["group"], r["path"]) for r in data["rows"]})
+    colors = {key: f"C{i}" for i, key in enumerate(every)}  # one color per path in both plots
     for ax, op in zip(axes, ("restore", "dump"), strict=True):
         keys = sorted({(r["group"], r["path"]) for r in data["rows"] if r["op"] == op})
         for group, name in keys:
@@ -761,7 +763,8 @@ def plot(data: dict[str, Any], path: str) -> bool:
             ys = [r["median"] for r in rows]
             err = [[r["median"] - r["min"] for r in rows], [r["max"] - r["median"] for r in rows]]
             style = "--" if "(native" in name else "-"
-            ax.errorbar(xs, ys, yerr=err, fmt=style + "o", capsize=3, label=f"{group}: {name}")
+            ax.errorbar(xs, ys, yerr=err, fmt=style + "o", capsize=3, label=f"{group}: {name}",
+                        color=colors[(group, name)])
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("macvlans in the netns (N)")
