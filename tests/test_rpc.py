@@ -326,3 +326,17 @@ def test_rpc_restore_uses_requests_encoded_ahead_unless_a_parent_changed(
     assert used == ["plain"]
     assert links_json()[b]["ifindex"] != old_index
     assert links_json(second)["mv0"]["link_index"] == links_json()[b]["ifindex"]
+
+
+def test_a_macvlan_whose_ifindex_a_host_link_has_is_restored(net: Net, procs: Procs, images: Path) -> None:
+    """CRIU's own restore fails on it (its RTM_NEWLINK has no NLM_F_EXCL); ours uses NLM_F_EXCL."""
+    a, b = net.veth("pa"), net.veth("pb")
+    taken = links_json()[a]["ifindex"]  # an ifindex the host (CRIU's netns) has for sure
+    pid = procs.tree()
+    ip("link", "add", "mvc", "link", a, "netns", str(pid), "index", str(taken), "type", "macvlan", "mode", "bridge")
+    dump(Criu(CRIU), pid, images)
+    new = restore(Criu(CRIU), images, procs, {"mvc": b})
+    restored = links_json(new)["mvc"]
+    assert restored["ifindex"] == taken
+    assert restored["link_index"] == links_json()[b]["ifindex"]
+    assert links_json()[a]["ifindex"] == taken  # the host link is untouched
