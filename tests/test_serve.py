@@ -158,3 +158,33 @@ def test_the_systemd_unit_runs_the_serve_command() -> None:
     assert exec_start.split("=", 1)[1].split()[1:] == ["serve"]
     res = subprocess.run([str(CLI), "serve", "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode == 0 and "--idle-timeout" in res.stdout
+
+
+def test_two_restores_at_once_are_both_served(net: Net, procs: Procs, tmp_path: Path,
+                                              served: tuple[str, subprocess.Popen[str]]) -> None:
+    """Each request runs in a child of its own: two CRIUs restoring at the same time do not wait for each other."""
+    path, proc = served
+    a, b = net.veth("sa"), net.veth("sb")
+    dirs = []
+    for i in range(2):
+        pid = procs.tree()
+        net.macvlan_into(pid, f"mvc{i}", a, "mode", "bridge")
+        d = tmp_path / f"img{i}"
+        d.mkdir()
+        criu("dump", "-t", str(pid), *SCRIPT, images=d, log="dump.log", env=env_for(path))
+        dirs.append(d)
+    from conftest import CRIU
+
+    running = [
+        subprocess.Popen([CRIU, "restore", "-d", "--pidfile", str(d / "restored.pid"), *SCRIPT,
+                          f"--external=macvlan[mvc{i}]:{b}", "-D", str(d), "-v4", "-o", "restore.log"],
+                         env=env_for(path), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+        for i, d in enumerate(dirs)
+    ]
+    assert [p.wait(timeout=120) for p in running] == [0, 0]
+    for i, d in enumerate(dirs):
+        new = procs.adopt(int((d / "restored.pid").read_text()))
+        assert links_json(new)[f"mvc{i}"]["link_index"] == links_json()[b]["ifindex"]
+        assert f"criu-macvlan serve (pid {proc.pid}) ran setup-namespaces: exit code 0" in (
+            d / "restore.log").read_text()
