@@ -183,6 +183,7 @@ def _open_tree(ctx: ActionContext, pid: int) -> tuple[int, int, int] | None:
     """
     target = nsutil.open_of_pid(pid)
     own = nsutil.open_own()
+    opened = None
     try:
         _refuse_macvlans_in_other_netns(ctx, pid, target, own)
         if nsutil.same(target, own):
@@ -190,14 +191,12 @@ def _open_tree(ctx: ActionContext, pid: int) -> tuple[int, int, int] | None:
         elif _is_external_netns(ctx, nsutil.inode(target)):
             ctx.log.debug("tree %d's network namespace is external: not ours to save", pid)
         else:
-            return target, own, nsutil.inode(target)
-    except BaseException:
-        os.close(target)
-        os.close(own)
-        raise
-    os.close(target)
-    os.close(own)
-    return None
+            opened = target, own, nsutil.inode(target)
+        return opened
+    finally:
+        if opened is None:
+            os.close(target)
+            os.close(own)
 
 
 def _read_links(target: int, own: int, inode: int) -> Found | None:
@@ -230,10 +229,11 @@ def _read_tree(ctx: ActionContext, pid: int) -> Found | None:
 
 
 class _Reader(threading.Thread):
-    """RPC mode: reads the macvlans in the background while CRIU dumps; ``post-dump`` takes them.
+    """RPC mode: reads the macvlans in the background; ``post-dump`` takes them.
 
-    The tree is frozen for most of the read (CRIU freezes it right after
-    ``pre-dump``): what is read is what CRIU dumps.
+    It starts before CRIU's first notification, as a ``pre-dump`` read would, and
+    may go on while CRIU freezes and dumps the tree (which then cannot change its
+    links): the dump never waits for it before ``post-dump``.
     """
 
     def __init__(self, target: int, own: int, inode: int) -> None:
