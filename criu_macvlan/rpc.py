@@ -255,7 +255,7 @@ class _Request:
 def _native_macvlans(dir_fd: int) -> set[str]:
     """Names of the macvlans CRIU's netdev images leave to CRIU itself (MACVLAN entries).
 
-    None when criu-macvlan made the dump (there is a sidecar): its post-dump
+    No name when criu-macvlan made the dump (there is a sidecar): its post-dump
     converted them all (``setup-namespaces`` refuses the images otherwise).
     """
     from . import images
