@@ -577,6 +577,9 @@ class PreparedMacvlans:
             os.close(self.slot)
             self.slot = -1
 
+    def __del__(self) -> None:  # a restore that failed before setup-namespaces: no fd leak in a long-lived engine
+        self.close()
+
 
 def _macvlan_msg(link: pb.macvlan_link, parent_index: int, target_fd: int) -> Any:
     """The RTM_NEWLINK request that makes ``link`` in ``target_fd`` on ``parent_index``."""

@@ -266,3 +266,11 @@ def test_many_links_are_encoded_while_the_kernel_works_and_a_failure_stops_the_b
     assert [lk.name for lk, _ in results] == [lk.name for lk in links[: len(results)]]
     made = {line.split(": ")[1].split("@")[0] for line in ip("-o", "link", pid=pid).splitlines()}
     assert {"mvq0", f"mvq{bad - 1}"} <= made
+
+
+def test_prepared_requests_dropped_unused_close_their_slot() -> None:
+    prepared = netlink.PreparedMacvlans([(_links()[0], 3)])
+    slot = prepared.slot
+    assert os.readlink(f"/proc/self/fd/{slot}") == os.devnull
+    del prepared  # a restore that failed before setup-namespaces drops its state
+    assert not os.path.exists(f"/proc/self/fd/{slot}")
