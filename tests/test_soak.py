@@ -1,4 +1,4 @@
-"""Repeated dump/restore in one long-lived process running the hooks in-process (RPC mode).
+"""Repeated dump/restore in one long-lived process: the product's RPC driver, hooks in-process.
 
 The short version runs in the normal suite; ``make soak`` runs ``CRIU_MACVLAN_SOAK``
 (default 100) cycles. After every cycle: the links are on the other set of parents,
@@ -13,15 +13,15 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Net, Procs, ip, link_names
-from rpc_session import Session, open_fds
+from conftest import CRIU, Net, Procs, ip, link_names
 
-from criu_macvlan.context import ImagesDir
-from criu_macvlan.manager import plugin_manager
+from criu_macvlan.errors import CriuMacvlanError
+from criu_macvlan.rpc import Criu, Notify
 
 pytestmark = pytest.mark.integration
 LINKS = 3
@@ -59,6 +59,29 @@ def parent_indexes(pid: int) -> dict[str, int]:
     return {link["ifname"]: link.get("link_index", 0) for link in out if link["ifname"] != "lo"}
 
 
+class Seen(Notify):
+    def __init__(self) -> None:
+        self.actions: set[str] = set()
+
+    def pre_dump(self) -> None:
+        self.actions.add("pre-dump")
+
+    def post_dump(self) -> None:
+        self.actions.add("post-dump")
+
+    def setup_namespaces(self, pid: int) -> None:
+        self.actions.add("setup-namespaces")
+
+
+def open_fds() -> list[str]:
+    """What this process has open, as ``/proc/self/fd`` shows it (sockets and namespaces included)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(f"/proc/self/fd/{name}"))
+    return sorted(found)
+
+
 def log_tail(images: Path, name: str) -> str:
     path = images / name
     return "\n".join(path.read_text(errors="replace").splitlines()[-30:]) if path.exists() else "(no log)"
@@ -73,34 +96,37 @@ def soak(cycles: int, net: Net, procs: Procs, tmp_path: Path) -> None:
         net.macvlan_into(pid, f"mv{j}", sets[0][j], "mode", "bridge")
         ip("link", "set", f"mv{j}", "up", pid=pid)
     host_ours = {n for n in link_names() if n.startswith(tuple(sets[0] + sets[1]))}
-    session = Session(plugin_manager())
+    seen = Seen()
+    criu = Criu(CRIU, notify=seen)  # one driver for every cycle, as an engine keeps one
     fds_after_first: list[str] | None = None
+    threads_after_first = 0
     last = 0
     for cycle in range(cycles):
         images = tmp_path / f"cycle{cycle}"
         images.mkdir()
         target = sets[(cycle + 1) % 2]
-        d = ImagesDir.open(str(images))
+        at_dump = read_counter(counter)
+        assert at_dump >= last, f"cycle {cycle}: counter went back from {last} to {at_dump}"
         try:
-            at_dump = read_counter(counter)
-            assert at_dump >= last, f"cycle {cycle}: counter went back from {last} to {at_dump}"
-            resp = session.dump(d, pid)
-            assert resp.success, f"cycle {cycle} dump: {resp.cr_errmsg}\n{log_tail(images, 'dump.log')}"
-            forget(procs, pid)
-            externals = [f"macvlan[mv{j}]:{target[j]}" for j in range(LINKS)]
-            resp = session.restore(d, externals)
-            assert resp.success, f"cycle {cycle} restore: {resp.cr_errmsg}\n{log_tail(images, 'restore.log')}"
-            pid = procs.adopt(resp.restore.pid)
-        finally:
-            d.close()
+            criu.dump(pid, str(images), log_file="dump.log", log_level=4)
+        except CriuMacvlanError as exc:
+            raise AssertionError(f"cycle {cycle} dump: {exc}\n{log_tail(images, 'dump.log')}") from exc
+        forget(procs, pid)
+        maps = {f"mv{j}": target[j] for j in range(LINKS)}
+        try:
+            pid = procs.adopt(criu.restore(str(images), maps, log_file="restore.log", log_level=4, rst_sibling=True))
+        except CriuMacvlanError as exc:
+            raise AssertionError(f"cycle {cycle} restore: {exc}\n{log_tail(images, 'restore.log')}") from exc
         assert parent_indexes(pid) == {f"mv{j}": index[target[j]] for j in range(LINKS)}, f"cycle {cycle}"
         last = wait_counter_above(counter, at_dump)
         assert not [n for n in os.listdir(images) if n.startswith(".criu-macvlan")]
         shutil.rmtree(images)
         if fds_after_first is None:
             fds_after_first = open_fds()  # after one cycle: lazy imports and caches have settled
-    assert {"pre-dump", "post-dump", "setup-namespaces"} <= set(session.notified)
+            threads_after_first = threading.active_count()
+    assert seen.actions == {"pre-dump", "post-dump", "setup-namespaces"}
     assert open_fds() == fds_after_first, "fd leak in the long-lived process"
+    assert threading.active_count() == threads_after_first, "a reader or encoder thread is still running"
     assert not [f for f in open_fds() if f.startswith("net:")], "a netns fd is still held"
     assert not link_names() & {f"mv{j}" for j in range(LINKS)}  # no macvlan of ours in the host netns
     assert {n for n in link_names() if n.startswith(tuple(sets[0] + sets[1]))} == host_ours
