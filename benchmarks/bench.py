@@ -855,7 +855,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-g", "--groups", default="inproc,cmdline,actions", help="inproc,cmdline,actions")
     ap.add_argument("-o", "--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    ns, runs, warmup = [1, 10, 100, 1000], 9, True
+    ns, runs, warmup = [1, 10, 100, 1000], 15, True
     if args.quick:
         ns, runs = [1, 10], 3
     if args.smallest:
