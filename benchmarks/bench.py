@@ -10,7 +10,8 @@ Groups (each path's ratio is against the group's native path on the same N):
 
 * ``inproc`` -- one Python process: our RPC driver (plugin makes the links) vs the
   same RPC request through plain pycriu, CRIU's own code making the links
-  (``opts.external`` ``macvlan[IN]:OUT``).
+  (``opts.external`` ``macvlan[IN]:OUT``); and our driver with no plugin (CRIU's
+  own code again): what the driver and its notifications cost by themselves.
 * ``cmdline`` -- whole processes: ``criu --action-script hooks/criu-macvlan-action``
   and ``criu-macvlan restore`` (our CLI) vs plain ``criu`` (``--external macvlan[...]``).
 * ``actions`` -- the hook alone through the shell shim, outside CRIU, with a prepared
@@ -52,6 +53,7 @@ CLI = Path(sys.executable).with_name("criu-macvlan")
 PR_SET_CHILD_SUBREAPER = 36
 UNHANDLED_ACTION = "network-lock"
 SERVED = "criu --action-script, serve running"
+DRIVER_ALONE = "our RPC driver, no plugin"
 MiB = 1 << 20
 IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
 
@@ -336,12 +338,16 @@ class PycriuNative:
 
 
 class OurRpc:
-    """criu-macvlan's RPC driver: CRIU's notifications run the plugin in this process."""
+    """criu-macvlan's RPC driver: CRIU's notifications run the plugin in this process.
 
-    def __init__(self) -> None:
+    ``plugin=False``: the driver alone (every notification answered, no plugin):
+    CRIU's own code dumps and makes the links, as with plain pycriu.
+    """
+
+    def __init__(self, plugin: bool = True) -> None:
         from criu_macvlan.rpc import Criu
 
-        self.criu = Criu(criu_bin=CRIU)
+        self.criu = Criu(criu_bin=CRIU, disable=() if plugin else ["macvlan"])
 
     def dump(self, pid: int, images: str) -> None:
         self.criu.dump(pid, images, log_file="dump.log")
@@ -387,8 +393,9 @@ def path_specs(groups: list[str], native_ok: bool, lab: Lab) -> list[PathSpec]:
         native = PycriuNative()
         specs.append(nat(PathSpec("inproc", "pycriu (native)", native.dump, native.restore, native=True)))
         if have_module("criu_macvlan.rpc"):
-            ours = OurRpc()
+            ours, driver = OurRpc(), OurRpc(plugin=False)
             specs.append(PathSpec("inproc", "criu-macvlan RPC", ours.dump, ours.restore))
+            specs.append(nat(PathSpec("inproc", DRIVER_ALONE, driver.dump, driver.restore)))
         else:
             log("criu_macvlan.rpc is not there yet: in-process group has only the native path")
     if "cmdline" in groups:
