@@ -23,13 +23,13 @@ proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from image
 	protoc --proto_path=. --python_out=build/proto images/macvlan.proto
 	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
 
-bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; ~15 min) -> benchmarks/results/latest.*
+bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000, 15 runs; ~10 min) -> benchmarks/results/latest.*
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
 	$(PY) benchmarks/bench.py
 
-bench-quick: setup         ## smoke check of the benchmark: N=1,10, 3 runs
+bench-quick: setup         ## smoke check of the benchmark: N=1,10, 3 runs -> /tmp/criu-macvlan-bench-quick/ (the committed results stay)
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
-	$(PY) benchmarks/bench.py --quick
+	$(PY) benchmarks/bench.py --quick -o /tmp/criu-macvlan-bench-quick
 
 clean:
 	rm -rf build .venv .pytest_cache .mypy_cache .ruff_cache
