@@ -474,6 +474,9 @@ class _Swrk:
         self.pid = 0
 
     def connect(self, daemon: bool) -> socket.socket:
+        """Start ``criu swrk``; our end of its socket. ``daemon`` (pycriu's signature) must be False."""
+        if daemon:
+            raise ValueError("criu swrk runs as our child here")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         child_fd = -1
         try:
