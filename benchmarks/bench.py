@@ -139,24 +139,24 @@ class Lab:
     def cleanup(self) -> None:
         for server in self.servers:
             server.terminate()  # a clean stop removes its runtime dir
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            _wait_or_kill(server)
         for pid in list(self.pids):
             self.kill(pid)
         for p in self.popens:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            _wait_or_kill(p)
         for name in reversed(self.veths):
             subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
         self.veths.clear()
         self.reap()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _wait_or_kill(proc: subprocess.Popen[Any]) -> None:
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def add_macvlans(pid: int, parent: str, n: int) -> None:

@@ -168,12 +168,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def _load_sidecar(path: str) -> Any:
     from . import images
-    from .context import ImagesDir
+    from .context import open_images
 
-    try:
-        d = ImagesDir.open(path)
-    except OSError as exc:
-        raise UsageError(f"cannot open images directory {path}: {exc.strerror}") from exc
+    d = open_images(path)
     try:
         sidecar = images.load(d.fd)
     finally:

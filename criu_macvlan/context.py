@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UsageError
+
 
 class Mode(enum.Enum):
     """How CRIU reached us."""
@@ -39,6 +41,14 @@ class ImagesDir:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def open_images(path: str) -> ImagesDir:
+    """:meth:`ImagesDir.open` for commands: a directory that cannot be opened is a one-line usage error."""
+    try:
+        return ImagesDir.open(path)
+    except OSError as exc:
+        raise UsageError(f"cannot open images directory {path}: {exc.strerror}") from exc
 
 
 @dataclass

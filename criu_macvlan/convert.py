@@ -14,12 +14,12 @@ the plugin that meets native entries says so instead of guessing.
 
 from __future__ import annotations
 
-import os
 import socket
 
 from . import images
 from . import macvlan_pb2 as pb
-from .errors import ImageError, UsageError
+from .context import open_images
+from .errors import ImageError
 
 
 def sidecar_from_netdev(dir_fd: int) -> images.Sidecar:
@@ -44,10 +44,8 @@ def sidecar_from_netdev(dir_fd: int) -> images.Sidecar:
 
 def convert(images_dir: str, to_native: bool = False) -> int:
     """Convert every netdev image in ``images_dir``; the number of entries changed."""
-    try:
-        dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"cannot open images directory {images_dir}: {exc.strerror}") from exc
+    opened = open_images(images_dir)
+    dir_fd = opened.fd
     try:
         netdevs = images.netdev_images(dir_fd)
         if not netdevs:
@@ -68,4 +66,4 @@ def convert(images_dir: str, to_native: bool = False) -> int:
         indexes = {lk.ifindex for lk in sidecar.links}
         return sum(images.convert_netdev(dir_fd, n, indexes) for n in netdevs)
     finally:
-        os.close(dir_fd)
+        opened.close()

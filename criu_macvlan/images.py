@@ -48,8 +48,9 @@ MAX_LINKS = 4096
 MAX_ADDRS = 256
 MAX_ROUTES = 1024
 MAX_SOURCE_MACS = 4096
-MACVLAN_MODES = (1, 2, 4, 8, 16)
-MACVLAN_FLAG_MASK = 0x3
+MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}  # kernel if_link.h
+MACVLAN_FLAGS = {1: "nopromisc", 2: "nodst"}
+MACVLAN_FLAG_MASK = sum(MACVLAN_FLAGS)
 NETDEV_NAME = re.compile(r"netdev-(\d+)\.img")
 
 _U32 = struct.Struct("<I")

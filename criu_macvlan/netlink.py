@@ -28,6 +28,7 @@ from typing import Any, ClassVar, TypeVar
 from . import macvlan_pb2 as pb
 from .errors import NetlinkError
 from .lean import import_submodules
+from .netns import open_own
 
 
 def _import_pyroute2_lean() -> None:
@@ -177,8 +178,6 @@ RTPROT_KERNEL = 2
 MACADDR_SET = 3
 NLA_HDRLEN = 4  # struct nlattr
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # IFLA_EXT_MASK: no IFLA_STATS/IFLA_STATS64 in link replies
-MACVLAN_MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
-MACVLAN_FLAGS = {1: "nopromisc", 2: "nodst"}
 NLM_F_NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 
 
@@ -200,7 +199,7 @@ def entered(netns_fd: int | None) -> Iterator[None]:
     if netns_fd is None:
         yield
         return
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    home = open_own()
     try:
         _setns(netns_fd)
         try:

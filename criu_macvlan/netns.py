@@ -23,9 +23,14 @@ def inode(fd: int) -> int:
     return os.fstat(fd).st_ino
 
 
+def key(fd: int) -> tuple[int, int]:
+    """What identifies the namespace of ``fd``: ``(st_dev, st_ino)``."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
 def same(fd_a: int, fd_b: int) -> bool:
-    a, b = os.fstat(fd_a), os.fstat(fd_b)
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    return key(fd_a) == key(fd_b)
 
 
 def tree_pids(root: int) -> list[int]:

@@ -324,8 +324,7 @@ def _refuse_macvlans_in_other_netns(ctx: ActionContext, pid: int, root_fd: int, 
     a macvlan elsewhere in the tree would be restored by CRIU as a native macvlan
     on a parent that may not exist, or lost in empty-netns mode: refused loudly.
     """
-    root_key = (os.fstat(root_fd).st_dev, nsutil.inode(root_fd))
-    own_key = (os.fstat(own_fd).st_dev, nsutil.inode(own_fd))
+    root_key, own_key = nsutil.key(root_fd), nsutil.key(own_fd)
     others = {k: p for k, p in nsutil.netns_of_tree(pid).items() if k not in (root_key, own_key)}
     if not others:
         return

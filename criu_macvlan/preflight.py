@@ -117,7 +117,7 @@ def _check_images(dir_fd: int, path: str, mappings: dict[str, str], netns: str |
 
 
 def _check_parents(links: list[pb.macvlan_link], mappings: dict[str, str], host: list[Any], rep: Report) -> None:
-    from .netlink import describe_link
+    from .netlink import describe_link, mac_to_str
 
     infos = [describe_link(m) for m in host]
     by_name: dict[str, dict[str, Any]] = {i["name"]: i for i in infos}
@@ -135,7 +135,7 @@ def _check_parents(links: list[pb.macvlan_link], mappings: dict[str, str], host:
             rep.problems.append(f"{link.name}: parent {parent!r} is down")
         if info["mtu"] is not None and link.mtu > info["mtu"]:
             rep.problems.append(f"{link.name}: MTU {link.mtu} is above the {info['mtu']} of parent {parent!r}")
-        mac = ":".join(f"{b:02x}" for b in link.address)
+        mac = mac_to_str(link.address)
         if link.mode != PASSTHRU and (info["address"] or "").lower() == mac:
             rep.problems.append(f"{link.name}: MAC {mac} is the MAC of parent {parent!r}")
         for other in infos:

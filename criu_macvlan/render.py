@@ -18,12 +18,11 @@ from google.protobuf import json_format
 
 from . import macvlan_pb2 as pb
 from .errors import ImageError
-from .images import Sidecar, validate
+from .images import MACVLAN_FLAGS, MACVLAN_MODES, Sidecar, validate
 
 _FAMILIES = {2: socket.AF_INET, 10: socket.AF_INET6}
 _ADDR_IPS = ("address", "broadcast", "peer")
 _ROUTE_IPS = ("dst", "gateway", "prefsrc")
-MODES = {1: "private", 2: "vepa", 4: "bridge", 8: "passthru", 16: "source"}
 
 
 def mac_text(raw: bytes) -> str:
@@ -123,12 +122,12 @@ def table(sidecar: Sidecar) -> str:
     ]
     rows = [("NAME", "IFINDEX", "MODE", "FLAGS", "MAC", "MTU", "STATE", "PARENT", "ADDRESSES")]
     for link in sidecar.links:
-        flags = [n for bit, n in ((1, "nopromisc"), (2, "nodst")) if link.flags & bit]
+        flags = [n for bit, n in MACVLAN_FLAGS.items() if link.flags & bit]
         parent = link.parent.name or (f"#{link.parent.ifindex}" if link.parent.HasField("ifindex") else "-")
         addrs = [f"{ip_text(a.family, a.address)}/{a.prefixlen}" for a in link.addrs]
         extra = [f"src:{mac_text(m)}" for m in link.source_macs]
         rows.append((
-            link.name, str(link.ifindex), MODES.get(link.mode, str(link.mode)), ",".join(flags) or "-",
+            link.name, str(link.ifindex), MACVLAN_MODES.get(link.mode, str(link.mode)), ",".join(flags) or "-",
             mac_text(link.address), str(link.mtu), "UP" if link.link_flags & 1 else "DOWN", parent,
             " ".join(addrs + extra) or "-",
         ))

@@ -29,7 +29,6 @@ criu-macvlan or its plugins.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import select
 import shutil
@@ -39,6 +38,7 @@ from collections.abc import Callable
 
 from .errors import UsageError
 from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
+from .warm import run_for_hook, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
 DIR_ENV = "CRIU_MACVLAN_SERVE_DIR"
@@ -71,7 +71,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     req = os.open(f"{path}/req", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         preload()
-        _write_pid(path)
+        write_pid(path)
         if ready is not None:
             ready()
         poller = select.poll()
@@ -116,13 +116,6 @@ def _claim(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
     os.mkdir(path, 0o700)
     os.mkfifo(f"{path}/req", 0o600)
-
-
-def _write_pid(path: str) -> None:
-    tmp = f"{path}/pid.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(tmp, f"{path}/pid")
 
 
 def _reap() -> None:
@@ -171,28 +164,15 @@ def shim_request(token: int) -> tuple[dict[str, str], int] | None:
 
 def handle(path: str, token: int) -> None:
     """In the forked child: run the action of shim ``token`` and answer it (``refused``: it runs Python)."""
-    from .action import main
-
     found = shim_request(token)
-    err = -1
+    code = None
     if found is not None:
-        with contextlib.suppress(OSError):  # e.g. a socket: refused
-            err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    if found is None or err < 0:
-        _reply(path, token, "refused")
-        return
-    env, _ = found
-    os.dup2(err, 2)
-    os.close(err)
-    os.environ.clear()
-    os.environ.update(env)
-    os.environ[DISABLE_HELPER_ENV] = "1"  # pre-dump: no per-dump helper, we serve post-dump too
-    code = main(env)
-    logging.getLogger("criu_macvlan").debug(
-        "criu-macvlan serve (pid %d) ran %s: exit code %d", os.getppid(), env["CRTOOLS_SCRIPT_ACTION"], code
-    )
-    sys.stderr.flush()
-    _reply(path, token, str(code))
+        env, _ = found
+        os.environ.clear()
+        os.environ.update(env)
+        os.environ[DISABLE_HELPER_ENV] = "1"  # pre-dump: no per-dump helper, we serve post-dump too
+        code = run_for_hook(token, env, f"criu-macvlan serve (pid {os.getppid()})")
+    _reply(path, token, "refused" if code is None else str(code))
 
 
 def _reply(path: str, token: int, answer: str) -> None:

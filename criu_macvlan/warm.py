@@ -101,10 +101,7 @@ def _serve(criu_pid: int, path: str, pidfd: int, req: int, rep: int) -> None:  #
             if fd not in keep:
                 with contextlib.suppress(OSError):  # the listing's own fd
                     os.close(fd)
-        tmp = f"{path}/pid.tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(f"{os.getpid()}\n")
-        os.rename(tmp, f"{path}/pid")
+        write_pid(path)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(req, select.POLLIN)
@@ -129,34 +126,52 @@ _REQUEST = re.compile(r"(\S+) (/proc/(\d+)/fd/\d+) (\d+|-) (\d+)")
 
 
 def handle(line: str, criu_pid: int, null: int) -> str:
-    """Run one request line of the shim; the reply line (``TOKEN refused``: the shim runs Python).
-
-    The token is the shim's pid: the action's messages go to the shim's stderr
-    (CRIU's log, opened ``O_APPEND`` as CRIU does), as if it ran the action itself.
-    """
-    from .action import main
-
+    """Run one request line of the shim; the reply line (``TOKEN refused``: the shim runs Python)."""
     m = _REQUEST.fullmatch(line)
     token = line.rpartition(" ")[2]
     if m is None or m.group(1) not in SERVED or int(m.group(3)) != criu_pid:
         return f"{token} refused\n" if token.isdigit() else ""
     action, images, init_pid = m.group(1), m.group(2), m.group(4)
-    try:
-        err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    except OSError:  # e.g. a socket: the shim runs the action itself
-        return f"{token} refused\n"
     env = dict(os.environ)
     env.update(CRTOOLS_SCRIPT_ACTION=action, CRTOOLS_IMAGE_DIR=images)
     env.pop("CRTOOLS_INIT_PID", None)
     if init_pid != "-":
         env["CRTOOLS_INIT_PID"] = init_pid
+    code = run_for_hook(int(token), env, f"warm helper {os.getpid()}", stderr_after=null)
+    return f"{token} refused\n" if code is None else f"{token} {code}\n"
+
+
+def run_for_hook(token: int, env: dict[str, str], helper: str, stderr_after: int | None = None) -> int | None:
+    """Run ``env``'s action for the waiting hook process ``token``; its exit code.
+
+    The action's messages go to the hook's stderr (CRIU's log, opened ``O_APPEND``
+    as CRIU does), as if the hook ran the action itself; ``stderr_after`` is put
+    back as our stderr afterwards. ``None`` if that stderr cannot be opened (e.g.
+    a socket): the hook then runs the action itself.
+    """
+    from .action import main
+
+    try:
+        err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError:
+        return None
     os.dup2(err, 2)
     os.close(err)
     try:
         code = main(env)
-        logging.getLogger("criu_macvlan").debug("warm helper %d ran %s: exit code %d", os.getpid(), action, code)
+        logging.getLogger("criu_macvlan").debug(
+            "%s ran %s: exit code %d", helper, env["CRTOOLS_SCRIPT_ACTION"], code
+        )
     finally:
         sys.stderr.flush()
-        os.dup2(null, 2)
-    return f"{token} {code}\n"
+        if stderr_after is not None:
+            os.dup2(stderr_after, 2)
+    return code
 
+
+def write_pid(path: str) -> None:
+    """Announce this helper: ``path/pid``, written whole (the shim reads it to see the helper lives)."""
+    tmp = f"{path}/pid.tmp"
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{os.getpid()}\n")
+    os.rename(tmp, f"{path}/pid")

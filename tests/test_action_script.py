@@ -62,6 +62,20 @@ def comparable(link: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def assert_moved(new: int, before: dict[str, dict[str, Any]], addrs_before: dict[str, set[str]],
+                 parents: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Tree ``new`` has each link of ``parents`` as it was ``before``, now on that parent, and the same addresses.
+
+    Returns the restored links (``links_json(new)``).
+    """
+    after, host = links_json(new), links_json()
+    for name, parent in parents.items():
+        assert comparable(after[name]) == comparable(before[name]), name
+        assert after[name]["link_index"] == host[parent]["ifindex"], f"{name} not on {parent}"
+    assert addrs_json(new) == addrs_before
+    return after
+
+
 def dump(images: Path, pid: int, *extra: str) -> None:
     criu("dump", "-t", str(pid), *SCRIPT, *extra, images=images, log="dump.log")
 
@@ -88,11 +102,7 @@ def test_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Path) -
     maps = {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2}
     new = restore(images, procs, *[f"--external=macvlan[{k}]:{v}" for k, v in maps.items()])
     assert alive(new)
-    after = links_json(new)
-    for name, parent in maps.items():
-        assert comparable(after[name]) == comparable(before[name]), name
-        assert after[name]["link_index"] == links_json()[parent]["ifindex"], f"{name} not on {parent}"
-    assert addrs_json(new) == addrs_before
+    after = assert_moved(new, before, addrs_before, maps)
     assert "02:00:00:00:aa:01" in after["mvs"]["linkinfo"]["info_data"]["macaddr_data"]
     assert after["mvv"]["linkinfo"]["info_data"]["nopromisc"] is True
     assert "UP" not in after["mvd"]["flags"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CRIU, Net, Procs, alive, criu, ip, leaked, link_names
-from test_action_script import addrs_json, comparable, links_json, setup_links
+from test_action_script import addrs_json, assert_moved, comparable, links_json, setup_links
 
 from criu_macvlan import images as img
 from criu_macvlan import render
@@ -58,11 +58,7 @@ def test_cli_dump_restore_show(net: Net, procs: Procs, images: Path) -> None:
     new = procs.adopt(int(res.stdout.strip()))
     assert int((images / "pid").read_text()) == new
     assert alive(new)
-    after, host = links_json(new), links_json()
-    for name, parent in {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2}.items():
-        assert comparable(after[name]) == comparable(before[name]), name
-        assert after[name]["link_index"] == host[parent]["ifindex"]
-    assert addrs_json(new) == addrs_before
+    assert_moved(new, before, addrs_before, {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2})
     procs.cleanup()
     assert leaked(host_before) == set()
 

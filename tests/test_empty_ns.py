@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names
@@ -52,6 +54,27 @@ def assert_back_on(seg: Segment, new: int, link_before: dict[str, object], addrs
     assert addresses(new, "mvb") == addrs_before  # each once: nobody restored anything twice
 
 
+@dataclass
+class Listening:
+    """A tree serving TCP on its macvlan (on ``seg.a``), and the state a restore must bring back."""
+
+    seg: Segment
+    pid: int
+    host_before: set[str]
+    link_before: dict[str, object]
+    addrs_before: list[tuple[Any, ...]]
+    routes_before: list[tuple[Any, ...]]
+
+
+def start_listening(net: Net, procs: Procs) -> Listening:
+    seg = Segment(net, procs)
+    host_before = link_names()
+    pid = procs.tree("python3", "-c", SERVER)
+    configure_l3(net, pid, seg.a)
+    wait_listening(seg)
+    return Listening(seg, pid, host_before, link(pid, "mvb"), addresses(pid, "mvb"), routes(pid))
+
+
 @pytest.mark.parametrize(
     ("dump_empty", "restore_empty"),
     [(True, True), (False, True), (True, False), (False, False)],
@@ -60,12 +83,9 @@ def assert_back_on(seg: Segment, new: int, link_before: dict[str, object], addrs
 def test_l3_and_tcp_listener_survive(
     net: Net, procs: Procs, images: Path, inet_env: dict[str, str], dump_empty: bool, restore_empty: bool
 ) -> None:
-    seg = Segment(net, procs)
-    host_before = link_names()
-    pid = procs.tree("python3", "-c", SERVER)
-    configure_l3(net, pid, seg.a)
-    wait_listening(seg)
-    link_before, addrs_before, routes_before = link(pid, "mvb"), addresses(pid, "mvb"), routes(pid)
+    svc = start_listening(net, procs)
+    seg, pid, host_before = svc.seg, svc.pid, svc.host_before
+    link_before, addrs_before, routes_before = svc.link_before, svc.addrs_before, svc.routes_before
 
     empty = ["--empty-ns", "net"]
     criu("dump", "-t", str(pid), *SCRIPT, *(empty if dump_empty else []), images=images, log="dump.log", env=inet_env)
@@ -154,12 +174,9 @@ def test_rpc_empty_ns_tcp_listener_survives(
 
     if "LD_PRELOAD" in inet_env:  # criu swrk inherits our environment
         monkeypatch.setenv("LD_PRELOAD", inet_env["LD_PRELOAD"])
-    seg = Segment(net, procs)
-    host_before = link_names()
-    pid = procs.tree("python3", "-c", SERVER)
-    configure_l3(net, pid, seg.a)
-    wait_listening(seg)
-    link_before, addrs_before, routes_before = link(pid, "mvb"), addresses(pid, "mvb"), routes(pid)
+    svc = start_listening(net, procs)
+    seg, pid, host_before = svc.seg, svc.pid, svc.host_before
+    link_before, addrs_before, routes_before = svc.link_before, svc.addrs_before, svc.routes_before
 
     driver = Criu(criu_bin=CRIU)
     driver.dump(pid, str(images), empty_ns_net=True, log_file="dump.log", log_level=4)

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, link_names
-from test_action_script import addrs_json, comparable, links_json, setup_links
+from test_action_script import addrs_json, assert_moved, links_json, setup_links
 from test_cli import leaked
 
 from criu_macvlan import images as img
@@ -79,10 +79,6 @@ def test_engine_config_file_dump_restore(
     resp = raw_request("RESTORE", images, log_file="restore.log", log_level=4, config_file=str(conf))
     new = procs.adopt(resp.restore.pid)
     assert alive(new)
-    after, host = links_json(new), links_json()
-    for name, parent in maps.items():
-        assert comparable(after[name]) == comparable(before[name]), name
-        assert after[name]["link_index"] == host[parent]["ifindex"]
-    assert addrs_json(new) == addrs_before
+    assert_moved(new, before, addrs_before, maps)
     procs.cleanup()
     assert leaked(host_before) == set()

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 from conftest import CRIU, Net, Procs, alive, ip, link_names
-from test_action_script import addrs_json, comparable, links_json, setup_links
+from test_action_script import addrs_json, assert_moved, comparable, links_json, setup_links
 from test_cli import leaked
 
 from criu_macvlan.context import ActionContext
@@ -120,12 +120,7 @@ def test_rpc_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Pat
                      "network_unlock", "pre_resume", "post_resume"]
     assert ("setup_namespaces", new) in rec.calls and ("post_restore", new) in rec.calls
     assert {"mvb", "mvv", "mvd", "mvs"} <= rec.links_at_setup  # ours ran before the callback
-    after = links_json(new)
-    host = links_json()
-    for name, parent in {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2}.items():
-        assert comparable(after[name]) == comparable(before[name]), name
-        assert after[name]["link_index"] == host[parent]["ifindex"], f"{name} not on {parent}"
-    assert addrs_json(new) == addrs_before
+    assert_moved(new, before, addrs_before, {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2})
 
     procs.cleanup()
     assert leaked(host_before) == set()

@@ -21,6 +21,7 @@ import pytest
 from conftest import CRIU, Net, Procs, ip, link_names
 
 from criu_macvlan.errors import CriuMacvlanError
+from criu_macvlan.netns import tree_pids
 from criu_macvlan.rpc import Criu, Notify
 
 pytestmark = pytest.mark.integration
@@ -131,18 +132,6 @@ def soak(cycles: int, net: Net, procs: Procs, tmp_path: Path) -> None:
     assert not link_names() & {f"mv{j}" for j in range(LINKS)}  # no macvlan of ours in the host netns
     assert {n for n in link_names() if n.startswith(tuple(sets[0] + sets[1]))} == host_ours
     assert len({os.stat(f"/proc/{p}/ns/net").st_ino for p in tree_pids(pid)}) == 1
-
-
-def tree_pids(root: int) -> list[int]:
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        for task in os.listdir(f"/proc/{pid}/task"):
-            children = Path(f"/proc/{pid}/task/{task}/children")
-            if children.exists():
-                todo.extend(int(c) for c in children.read_text().split())
-    return pids
 
 
 def test_soak_short(net: Net, procs: Procs, tmp_path: Path) -> None:
