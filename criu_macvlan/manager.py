@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -18,6 +19,7 @@ from .errors import CriuMacvlanError, ExitCode, HookError
 ENTRY_POINT_GROUP = "criu_macvlan"
 DISABLE_ENV = "CRIU_MACVLAN_DISABLE"
 ENTRY_POINT_CACHE_SIZE = 8
+DIST_SUFFIXES = (".dist-info", ".egg-info", ".egg")  # what importlib.metadata finds on sys.path
 
 
 def _builtin_plugins() -> list[tuple[str, object]]:
@@ -127,18 +129,16 @@ def _entry_points() -> list[tuple[str, str]]:
     """``(name, value)`` of the entry points in our group, cached per state of ``sys.path``.
 
     Scanning every installed distribution (``importlib.metadata``) costs tens of
-    milliseconds, paid by each action CRIU runs. Installing or removing a package
-    changes the mtime of its ``site-packages`` directory, so a result is keyed on
-    the directories on ``sys.path`` and their mtimes. The file keeps the
-    ``ENTRY_POINT_CACHE_SIZE`` latest results: the CLI (its script's directory
-    first on ``sys.path``) and the action script (``-P``) each find their own.
+    milliseconds, paid by each action CRIU runs. A result is keyed on what that
+    scan reads: the directories on ``sys.path`` and the distribution metadata
+    (``*.dist-info``, ``*.egg-info``, with their mtimes) each one holds. Other
+    files coming and going there (CRIU's own in its working directory, say)
+    keep the result; installing, upgrading or removing a package does not. The
+    file keeps the ``ENTRY_POINT_CACHE_SIZE`` latest results: the CLI (its
+    script's directory first on ``sys.path``) and the action script (``-P``)
+    each find their own.
     """
-    key = []
-    for entry in sys.path:
-        try:
-            key.append([entry, os.stat(entry or ".").st_mtime_ns])
-        except OSError:
-            continue
+    key = _metadata_key()
     path = os.path.join(_cache_dir(), "entry-points.json")
     results: list[Any] = []
     try:
@@ -155,6 +155,23 @@ def _entry_points() -> list[tuple[str, str]]:
     results = [{"key": key, "entry_points": found}, *results][:ENTRY_POINT_CACHE_SIZE]
     _write_cache(path, json.dumps({"results": results}))
     return found
+
+
+def _metadata_key() -> list[list[Any]]:
+    """``[[entry, [[name, mtime_ns], ...]], ...]``: each ``sys.path`` directory and its distributions."""
+    key: list[list[Any]] = []
+    for entry in sys.path:
+        try:
+            with os.scandir(entry or ".") as it:
+                dists = sorted([d.name, d.stat().st_mtime_ns] for d in it if d.name.endswith(DIST_SUFFIXES))
+        except NotADirectoryError:  # a zip archive: its own mtime
+            with contextlib.suppress(OSError):
+                key.append([entry, os.stat(entry).st_mtime_ns])
+            continue
+        except OSError:
+            continue
+        key.append([entry, dists])
+    return key
 
 
 def _write_cache(path: str, content: str) -> None:

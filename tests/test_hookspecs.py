@@ -240,3 +240,31 @@ def test_entry_point_cache_is_per_sys_path(
         manager._entry_points()
     cache = json.loads((tmp_path / "cache" / "entry-points.json").read_text())["results"]
     assert len(cache) == manager.ENTRY_POINT_CACHE_SIZE
+
+
+def test_entry_point_cache_follows_distributions_only(
+    tmp_path: Path, fake_distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files coming and going on sys.path (CRIU's, in its working directory) keep the cache; installs do not."""
+    import importlib.metadata
+
+    site = tmp_path / "site"
+    first = manager._entry_points()
+    scans: list[object] = []
+    scan = importlib.metadata.entry_points
+
+    def counting_scan(**kw: object) -> object:
+        scans.append(kw)
+        return scan(**kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", counting_scan)
+    (site / "criu.log").write_text("")  # the directory's mtime changes
+    (site / "criu.log").unlink()
+    assert manager._entry_points() == first
+    assert scans == []
+    info = site / "cmv_other-2.0.dist-info"  # a package is installed
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cmv-other\nVersion: 2.0\n")
+    (info / "entry_points.txt").write_text(f"[{manager.ENTRY_POINT_GROUP}]\nother = {fake_distribution}\n")
+    assert ("other", fake_distribution) in manager._entry_points()
+    assert len(scans) == 1
