@@ -34,15 +34,18 @@ from .netns import open_own
 def _import_pyroute2_lean() -> None:
     """Import pyroute2's netlink layer without its package ``__init__`` (see :mod:`.lean`).
 
-    While importing, ``platform.architecture()`` (which pyroute2.config calls, and
-    which runs ``file(1)`` on the interpreter) answers from ``struct`` instead.
+    While importing, ``platform`` answers pyroute2.config from ``os.uname()`` and
+    ``struct``: its own ``uname()`` runs ``uname -p`` and its ``architecture()``
+    runs ``file(1)`` on the interpreter, two processes per cold action.
     """
-    architecture = platform.architecture
+    saved = platform.uname, platform.machine, platform.architecture
+    platform.uname = lambda: (*os.uname(), "")  # type: ignore[assignment,return-value]
+    platform.machine = lambda: os.uname().machine
     platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")
     try:
         import_submodules("pyroute2", "netlink.nlsocket", "netlink.rtnl.ifinfmsg")
     finally:
-        platform.architecture = architecture
+        platform.uname, platform.machine, platform.architecture = saved
 
 
 _import_pyroute2_lean()
