@@ -320,13 +320,19 @@ def test_netdev_rewrite_is_lossless(imgdir: tuple[Path, int]) -> None:
     assert [raw[0], raw[1], raw[3]] == [entries[0], entries[1], entries[3]]  # untouched, byte for byte
     assert parsed[2].type == nd.EXTLINK  # type: ignore[attr-defined]
     assert parsed[2].macvlan.mode == 4 and parsed[2].macvlan.flags == 1  # type: ignore[attr-defined]
-    assert raw[2].endswith(b"\xa0\x3e\x2a\xaa\x3e\x03xyz")  # unknown fields kept
+    # its own bytes (unknown fields included), then the new type: parsers take the last value
+    assert raw[2] == entries[2] + nd.net_device_entry(type=nd.EXTLINK).SerializePartialToString()  # type: ignore[attr-defined]
+    assert entries[2].endswith(b"\xa0\x3e\x2a\xaa\x3e\x03xyz")  # (the unknown fields)
     after = images.summarize_netdev(fd, "netdev-9.img")
     assert after.native == [("mv1", 4)] and after.converted == [("mv0", 3)]
 
     assert images.convert_netdev(fd, "netdev-9.img", {3}) == 0  # idempotent: nothing to do
     assert images.convert_netdev(fd, "netdev-9.img", {3}, to_native=True) == 1
-    assert (d / "netdev-9.img").read_bytes() == original
+    raw, parsed = images.read_netdev(fd, "netdev-9.img")
+    assert [raw[0], raw[1], raw[3]] == [entries[0], entries[1], entries[3]] and raw[2].startswith(entries[2])
+    (d / "original.img").write_bytes(original)
+    assert parsed == images.read_netdev(fd, "original.img")[1]  # what any parser reads: the original entries
+    (d / "original.img").unlink()
     assert sorted(os.listdir(d)) == ["netdev-9.img"]  # no temp file left
 
 
