@@ -11,7 +11,6 @@ with one line on stderr, and CRIU aborts.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
@@ -102,8 +101,6 @@ def main(env: os._Environ[str] | dict[str, str] = os.environ) -> int:
 
 
 if __name__ == "__main__":
-    # One action, then exit: the cyclic GC would only slow the imports (~10% of a cold start).
-    gc.disable()
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -9,7 +9,6 @@ the restored tree's status.
 from __future__ import annotations
 
 import argparse
-import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -230,7 +229,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import serve
 
-    gc.enable()  # a long-lived service
     path = args.dir or serve.serve_dir()
 
     def ready() -> None:
@@ -287,7 +285,6 @@ def run() -> NoReturn:
     With pyroute2, protobuf and pluggy loaded the teardown takes tens of
     milliseconds after the work is done (our files are closed by then).
     """
-    gc.disable()  # a short run: the cyclic GC would only slow the imports (~10% of a cold start); serve re-enables it
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -46,17 +46,19 @@ from __future__ import annotations
 
 import array
 import fcntl
+import logging
 import os
+import shutil
 import socket
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import mappings as mapmod
+from .context import ActionContext, ImagesDir, Mode
 from .errors import CriuError, CriuMacvlanError, ExitCode, HookError, UsageError
 from .lean import import_submodules
 
 if TYPE_CHECKING:
-    from .context import ActionContext, ImagesDir
     from .manager import Hooks
 
 CLONE_NEWNET = 0x40000000
@@ -64,6 +66,8 @@ DEFAULT_LOG_FILE = "criu.log"  # CRIU's DEFAULT_LOG_FILENAME in RPC mode
 LOG_TAIL_LINES = 15
 MAX_MSG = 1 << 16  # CRIU's own messages stay below 1 KiB
 MAX_FDS = 16
+
+log = logging.getLogger("criu_macvlan")
 
 
 class Notify:
@@ -174,18 +178,16 @@ class _Request:
         self, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None, restore: bool = False
     ) -> None:
         values = dict(opts)
-        self.images_dir = images_dir
-        self.images_fd = _open_dir(images_dir)
+        self.images = _open_dir(images_dir)
         self.work: int | None = None
-        self._images: ImagesDir | None = None
         try:
             work_dir = values.pop("work_dir", None)
             if work_dir is not None:
-                self.work = _open_dir(work_dir)
+                self.work = _open_dir(work_dir).fd
             empty_ns_net = bool(values.pop("empty_ns_net", False))
             externals = list(values.pop("external", None) or [])
             self.opts = _pb().criu_opts()
-            self.opts.images_dir_fd = self.images_fd
+            self.opts.images_dir_fd = self.images.fd
             if self.work is not None:
                 self.opts.work_dir_fd = self.work
             set_opts(self.opts, values)
@@ -199,7 +201,7 @@ class _Request:
                 (mapmod.parse_mapping(k) for k in kept), mapmod.merge((mappings or {}).items())
             )
             if restore:
-                native = _native_macvlans(self.images_fd)
+                native = _native_macvlans(self.images.fd)
                 self.opts.external.extend(
                     mapmod.format_mapping(i, o) for i, o in self.mappings.items() if i in native
                 )
@@ -224,36 +226,30 @@ class _Request:
             self.empty_ns = None  # the file may say what we cannot see: let the plugins decide
 
     def context(self, action: str, pid: int | None) -> ActionContext:
-        # Not imported before the request is sent: dataclasses and logging (~30 ms
-        # of a cold CLI) then load while CRIU starts up.
-        from .context import ActionContext, ImagesDir, Mode
-
         if pid is not None and pid > 0:
             self.pid = pid
-        if self._images is None:
-            self._images = ImagesDir(fd=self.images_fd, path=self.images_dir)
         return ActionContext(
             action=action,
             mode=Mode.RPC,
-            images=self._images,
+            images=self.images,
             pid=self.pid,
             mappings=dict(self.mappings),
             externals=list(self.externals),
             empty_ns=self.empty_ns,
+            log=log,
             state=self.state,
         )
 
     def log_tail(self) -> str:
         name = self.opts.log_file if self.opts.HasField("log_file") else DEFAULT_LOG_FILE
-        return tail_of_log(self.work if self.work is not None else self.images_fd, name)
+        return tail_of_log(self.work if self.work is not None else self.images.fd, name)
 
     def close(self) -> None:
         if self.work is not None:
             os.close(self.work)
             self.work = None
-        if self.images_fd >= 0:
-            os.close(self.images_fd)
-            self.images_fd = -1
+        if getattr(self, "images", None) is not None:
+            self.images.close()
 
 
 def _native_macvlans(dir_fd: int) -> set[str]:
@@ -262,7 +258,7 @@ def _native_macvlans(dir_fd: int) -> set[str]:
     No name when criu-macvlan made the dump (there is a sidecar): its post-dump
     converted them all (``setup-namespaces`` refuses the images otherwise).
     """
-    from . import images  # after the request is sent, when there is a sidecar (see _Request.context)
+    from . import images
 
     try:
         os.stat(images.SIDECAR, dir_fd=dir_fd)
@@ -275,9 +271,9 @@ def _native_macvlans(dir_fd: int) -> set[str]:
         return set()  # CRIU will say what is wrong with its images
 
 
-def _open_dir(path: str) -> int:
+def _open_dir(path: str) -> ImagesDir:
     try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return ImagesDir.open(path)
     except OSError as exc:
         raise UsageError(f"cannot open directory {path}: {exc.strerror}") from exc
 
@@ -367,13 +363,12 @@ class Criu:
         if self.service_socket is not None:
             comm = _pycriu("criu")._criu_comm_sk(self.service_socket)
         else:
-            comm = _Swrk(self.criu_bin)
+            path = shutil.which(self.criu_bin)
+            if path is None:
+                raise CriuError(f"criu binary {self.criu_bin!r} not found")
+            comm = _Swrk(path)
         try:
             sk = comm.connect(False)
-        except FileNotFoundError as exc:
-            if self.service_socket is None:
-                raise CriuError(f"criu binary {self.criu_bin!r} not found") from exc
-            raise CriuError(f"cannot connect to criu ({self.service_socket}): {exc.strerror}") from exc
         except OSError as exc:
             where = self.service_socket or self.criu_bin
             raise CriuError(f"cannot connect to criu ({where}): {exc.strerror or exc}") from exc
@@ -455,7 +450,7 @@ class Criu:
             if self.notify is not None:
                 call_notify(self.notify, action, ctx.pid)
         except HookError as exc:
-            ctx.log.debug("%s failed: %s", action, exc)
+            log.debug("%s failed: %s", action, exc)
             return exc
         except CriuMacvlanError as exc:
             return HookError(action, str(exc), exc.exit_code)
@@ -487,7 +482,7 @@ class _Swrk:
         try:
             # criu swrk gets its end as an inherited fd above stdio, and no stdin/stdout/stderr (as with pycriu)
             child_fd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 3)  # inheritable: no FD_CLOEXEC
-            self.pid = os.posix_spawnp(  # PATH lookup as shutil.which's, without its import
+            self.pid = os.posix_spawn(
                 self.path, [self.path, "swrk", str(child_fd)], os.environ,
                 file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in (0, 1, 2)],
             )
