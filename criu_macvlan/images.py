@@ -20,6 +20,7 @@ import os
 import re
 import struct
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,10 @@ VERSION = 1
 IMG_COMMON = 0x54564319  # CRIU's IMG_COMMON_MAGIC (pycriu.images.magic "IMG_COMMON")
 MACVLAN_MAGIC = 0x4D564C31  # our own image magic
 NETDEV_MAGIC = 0x57373951  # CRIU's NETDEV_MAGIC (pycriu.images.magic "NETDEV")
+
+# protobuf's C++ backend stops at a stray end-group tag, drops the rest and only warns:
+# parse_all() makes that an error of the image instead (the warning would be one more line)
+warnings.filterwarnings("ignore", "Unexpected end-group tag", RuntimeWarning, re.escape(__name__))
 
 # CRIU's nd_type values (images/netdev.proto)
 ND_EXTLINK = 4
@@ -214,9 +219,15 @@ def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     return sidecar
 
 
+def parse_all(msg: Any, raw: bytes) -> None:
+    """``msg.ParseFromString(raw)``, every byte of it, or :class:`DecodeError`."""
+    if msg.ParseFromString(raw) != len(raw):
+        raise DecodeError("data after an end-group tag")
+
+
 def _parse(msg: pb.macvlan_head | pb.macvlan_link, raw: bytes, name: str, what: str) -> None:
     try:
-        msg.ParseFromString(raw)
+        parse_all(msg, raw)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ImageError(f"{name}: {what} is not a valid entry ({exc})") from exc
     if not msg.IsInitialized():
@@ -333,7 +344,7 @@ def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
     for i, payload in enumerate(raw):
         entry = cls()
         try:
-            entry.ParseFromString(payload)
+            parse_all(entry, payload)
         except DecodeError as exc:
             raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
         parsed.append(entry)

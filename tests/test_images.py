@@ -168,6 +168,18 @@ def test_garbage_entries() -> None:
     expect_error(images.frame(images.MACVLAN_MAGIC, [head, b"\x0a\x01a"]), "link #0 lacks required fields")
 
 
+def test_entry_cut_short_by_an_end_group_tag() -> None:
+    """protobuf's C++ backend stops at a stray end-group tag and keeps what it read: an error here."""
+    data = valid_samples()["one-link"]
+    entries = images.unframe(data, images.MACVLAN_MAGIC, "macvlan.img")
+    cut = images.frame(images.MACVLAN_MAGIC, [entries[0], entries[1] + b"\x0c" + b"rest of the entry"])
+    expect_error(cut, "link #0 is not a valid entry", "end-group")  # 0x0c: end group, field 1
+    # and the backend's warning does not add a line to the one-line error (pytest shows every warning)
+    code = "import sys; from criu_macvlan import images; images.decode(sys.stdin.buffer.read())"
+    res = subprocess.run([sys.executable, "-c", code], input=cut, capture_output=True, check=False)
+    assert res.returncode != 0 and b"ImageError" in res.stderr and b"end-group tag:" not in res.stderr
+
+
 @pytest.mark.parametrize("version", [images.VERSION + 1, 2**32 - 1])
 def test_future_format_version(version: int) -> None:
     expect_error(raw_sidecar(head_for(0, version), []), f"format version {version} is newer", "upgrade")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -277,7 +278,7 @@ def test_prepared_requests_dropped_unused_close_their_slot() -> None:
     assert not os.path.exists(f"/proc/self/fd/{slot}")
 
 
-def test_import_starts_no_process(tmp_path: Any) -> None:
+def test_import_starts_no_process(tmp_path: Path) -> None:
     """pyroute2.config asks ``platform``, which runs ``uname -p`` and ``file``: not while we import it."""
     import subprocess
     import sys
@@ -287,7 +288,7 @@ def test_import_starts_no_process(tmp_path: Any) -> None:
         fake = tmp_path / tool
         fake.write_text(f"#!/bin/sh\necho {tool} >> {calls}\n")
         fake.chmod(0o755)
-    code = "import criu_macvlan.netlink, platform; from pyroute2 import config; print(config.machine, config.arch)"
+    code = "import criu_macvlan.netlink; from pyroute2 import config; print(config.machine, config.arch)"
     env = {**os.environ, "PATH": f"{tmp_path}:{os.environ.get('PATH', '')}"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == [os.uname().machine, f"{8 * struct.calcsize('P')}bit"]
