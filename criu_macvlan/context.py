@@ -43,12 +43,12 @@ class ImagesDir:
         os.close(self.fd)
 
 
-def open_images(path: str) -> ImagesDir:
-    """:meth:`ImagesDir.open` for commands: a directory that cannot be opened is a one-line usage error."""
+def open_images(path: str, what: str = "images directory") -> ImagesDir:
+    """:meth:`ImagesDir.open` for commands and requests: a directory that cannot be opened is a one-line usage error."""
     try:
         return ImagesDir.open(path)
     except OSError as exc:
-        raise UsageError(f"cannot open images directory {path}: {exc.strerror}") from exc
+        raise UsageError(f"cannot open {what} {path}: {exc.strerror}") from exc
 
 
 @dataclass

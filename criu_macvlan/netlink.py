@@ -680,14 +680,8 @@ def _numeric(value: Any, atom: Any) -> int:
     return int(value)
 
 
-def to_macvlan(msg: Any) -> pb.macvlan_link:
-    """Convert an RTM_NEWLINK message of a macvlan into a sidecar entry (without L3)."""
-    top = _slots(msg)
-    return _macvlan_entry(msg, top, _slots(_value(top, "IFLA_LINKINFO")))
-
-
-def _macvlan_of(msg: Any) -> pb.macvlan_link | None:
-    """:func:`to_macvlan` of ``msg`` if it is a macvlan, else ``None``: each attribute read once."""
+def to_macvlan(msg: Any) -> pb.macvlan_link | None:
+    """The sidecar entry (without L3) of an RTM_NEWLINK message of a macvlan; ``None`` for another link."""
     top = _slots(msg)
     info = _value(top, "IFLA_LINKINFO")
     if info is None:
@@ -814,7 +808,7 @@ def read_macvlans(netns_fd: int, host_fd: int, with_l3: bool = True) -> list[pb.
     kernel's own prefix and local routes).
     """
     with Rtnl(netns_fd) as rtnl:
-        links: list[pb.macvlan_link] = rtnl.macvlan_links(_macvlan_of)
+        links: list[pb.macvlan_link] = rtnl.macvlan_links(to_macvlan)
         if not links:
             return []
         host_nsid = rtnl.nsid_of(host_fd)

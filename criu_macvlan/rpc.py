@@ -54,7 +54,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import mappings as mapmod
-from .context import ActionContext, ImagesDir, Mode
+from .context import ActionContext, Mode, open_images
 from .errors import CriuError, CriuMacvlanError, ExitCode, HookError, UsageError
 from .lean import import_submodules
 
@@ -178,12 +178,12 @@ class _Request:
         self, images_dir: str, opts: Mapping[str, Any], mappings: Mapping[str, str] | None, restore: bool = False
     ) -> None:
         values = dict(opts)
-        self.images = _open_dir(images_dir)
+        self.images = open_images(images_dir, "directory")
         self.work: int | None = None
         try:
             work_dir = values.pop("work_dir", None)
             if work_dir is not None:
-                self.work = _open_dir(work_dir).fd
+                self.work = open_images(work_dir, "directory").fd
             empty_ns_net = bool(values.pop("empty_ns_net", False))
             externals = list(values.pop("external", None) or [])
             self.opts = _pb().criu_opts()
@@ -269,13 +269,6 @@ def _native_macvlans(dir_fd: int) -> set[str]:
         return {n for img in images.netdev_images(dir_fd) for n, _ in images.summarize_netdev(dir_fd, img).native}
     except CriuMacvlanError:
         return set()  # CRIU will say what is wrong with its images
-
-
-def _open_dir(path: str) -> ImagesDir:
-    try:
-        return ImagesDir.open(path)
-    except OSError as exc:
-        raise UsageError(f"cannot open directory {path}: {exc.strerror}") from exc
 
 
 # ------------------------------------------------------------ the driver

@@ -142,8 +142,8 @@ def _fork_handler(path: str, token: int) -> None:
         os._exit(code)
 
 
-def shim_request(token: int) -> tuple[dict[str, str], int] | None:
-    """The environment and CRIU pid of the waiting shim ``token``, if its request checks out."""
+def shim_request(token: int) -> dict[str, str] | None:
+    """The environment of the waiting shim ``token``, if its request checks out (its parent owns the images dir)."""
     try:
         with open(f"/proc/{token}/environ", "rb") as f:
             raw = f.read()
@@ -159,15 +159,14 @@ def shim_request(token: int) -> tuple[dict[str, str], int] | None:
     images = env.get("CRTOOLS_IMAGE_DIR", "")
     if not env.get("CRTOOLS_SCRIPT_ACTION") or not images.startswith(f"/proc/{ppid}/fd/"):
         return None
-    return env, ppid
+    return env
 
 
 def handle(path: str, token: int) -> None:
     """In the forked child: run the action of shim ``token`` and answer it (``refused``: it runs Python)."""
-    found = shim_request(token)
+    env = shim_request(token)
     code = None
-    if found is not None:
-        env, _ = found
+    if env is not None:
         os.environ.clear()
         os.environ.update(env)
         os.environ[DISABLE_HELPER_ENV] = "1"  # pre-dump: no per-dump helper, we serve post-dump too

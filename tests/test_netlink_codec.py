@@ -110,7 +110,7 @@ def test_dump_reply_decodes_like_ifinfmsg(link: pb.macvlan_link) -> None:
     assert expected.name == link.name and expected.parent.link_netnsid == 0 and expected.parent.ifindex == 5
     assert list(expected.source_macs) == list(link.source_macs)
     assert netlink.to_macvlan(facts) == expected
-    entry = netlink._macvlan_of(facts)
+    entry = netlink.to_macvlan(facts)
     assert entry == expected
     assert netlink.link_kind(facts) == "macvlan"
     assert {name for name, _ in netlink._MacvlanFacts.kept.values()} >= {a.name for a in facts["attrs"]}
@@ -120,13 +120,13 @@ def test_dump_reply_decodes_like_ifinfmsg(link: pb.macvlan_link) -> None:
 def test_dump_reply_of_another_kind_is_skipped() -> None:
     veth = netlink._MacvlanFacts(_reply(_links()[0], kind="veth"))
     veth.decode()
-    assert netlink._macvlan_of(veth) is None
+    assert netlink.to_macvlan(veth) is None
     bare = netlink.ifinfmsg()
     bare["attrs"] = [("IFLA_IFNAME", "lo")]
     bare["header"]["type"] = netlink.RTM_NEWLINK
     plain = netlink._MacvlanFacts(_encoded(bare))
     plain.decode()
-    assert netlink._macvlan_of(plain) is None
+    assert netlink.to_macvlan(plain) is None
 
 
 @pytest.mark.integration
