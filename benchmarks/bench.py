@@ -11,9 +11,14 @@ Groups (each path's ratio is against the group's native path on the same N):
 * ``inproc`` -- one Python process: our RPC driver (plugin makes the links) vs the
   same RPC request through plain pycriu, CRIU's own code making the links
   (``opts.external`` ``macvlan[IN]:OUT``); and our driver with no plugin (CRIU's
-  own code again): what the driver and its notifications cost by themselves.
+  own code again): what the driver and its notifications cost by themselves, and how
+  long CRIU takes from the request to its first notification.
 * ``cmdline`` -- whole processes: ``criu --action-script hooks/criu-macvlan-action``
-  and ``criu-macvlan restore`` (our CLI) vs plain ``criu`` (``--external macvlan[...]``).
+  and ``criu-macvlan restore`` (our CLI) vs plain ``criu`` (``--external macvlan[...]``);
+  and a bound: plain ``criu`` followed by a process that only imports what a cold
+  ``setup-namespaces`` needs (the interpreter, pluggy, protobuf with the two schemas,
+  pyroute2's netlink layer), at N=1 -- no cold action script can cost less, and no
+  cold CLI less than that minus CRIU's time to its first notification.
 * ``actions`` -- the hook alone through the shell shim, outside CRIU, with a prepared
   images dir and netns: an action no plugin handles, ``pre-dump``, ``post-dump`` (after
   an untimed pre-dump of the same stand-in CRIU process, as in a real dump: served by the
@@ -54,6 +59,11 @@ PR_SET_CHILD_SUBREAPER = 36
 UNHANDLED_ACTION = "network-lock"
 SERVED = "criu --action-script, serve running"
 DRIVER_ALONE = "our RPC driver, no plugin"
+COLD_FLOOR = "native criu, then cold imports alone"
+TO_FIRST = "restore: to CRIU's first notification"
+# What a cold setup-namespaces cannot do without, and nothing else: the interpreter, pluggy,
+# protobuf with the sidecar's and CRIU's netdev schemas, pyroute2's netlink layer. No hook runs.
+COLD_IMPORTS = "import pluggy, criu_macvlan.netlink, criu_macvlan.images as i; i.netdev_entry_class()"
 MiB = 1 << 20
 IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
 
@@ -221,6 +231,8 @@ class PathSpec:
     native: bool = False
     prepare: Callable[[str], object] | None = None  # untimed, on the images before the restore
     fixup: Callable[[int, int, str], None] | None = None  # untimed, (pid, n, parent) after the restore
+    probe: Callable[[], float | None] | None = None  # after a restore: seconds to record as op TO_FIRST
+    only_n: int | None = None  # run at this N only
 
 
 NO_SERVE = "/nonexistent/criu-macvlan-serve"  # CRIU_MACVLAN_SERVE_DIR of the cold paths
@@ -290,6 +302,14 @@ class Served:
         return cli_script_restore(images, n, parent, self.env)
 
 
+def cold_floor_restore(images: str, n: int, parent: str) -> int:
+    """A native restore plus, in series, a process that only imports what a cold hook needs: the
+    least any design that starts Python cold while CRIU waits for the links can cost."""
+    subprocess.run([sys.executable, "-s", "-P", "-c", COLD_IMPORTS], check=True, cwd="/", env=criu_env(),
+                   stdin=subprocess.DEVNULL)
+    return cli_native_restore(images, n, parent)
+
+
 def ours_cli_restore(images: str, n: int, parent: str) -> int:
     maps = [a for k, v in mappings(n, parent).items() for a in ("--macvlan", f"{k}:{v}")]
     cmd = [str(CLI), "restore", "-D", images, "-d", "--pidfile", pidfile(images), "-o", "restore.log", *maps]
@@ -345,15 +365,29 @@ class OurRpc:
     """
 
     def __init__(self, plugin: bool = True) -> None:
-        from criu_macvlan.rpc import Criu
+        from criu_macvlan.rpc import Criu, Notify
 
-        self.criu = Criu(criu_bin=CRIU, disable=() if plugin else ["macvlan"])
+        class FirstNotify(Notify):
+            def pre_restore(self) -> None:
+                first.append(time.perf_counter())
+
+        first: list[float] = []
+        self.first = first
+        self.criu = Criu(criu_bin=CRIU, disable=() if plugin else ["macvlan"], notify=FirstNotify())
+        self.to_first: float | None = None  # last restore: seconds from the call to CRIU's first notification
 
     def dump(self, pid: int, images: str) -> None:
         self.criu.dump(pid, images, log_file="dump.log")
 
     def restore(self, images: str, n: int, parent: str) -> int:
-        return self.criu.restore(images, mappings(n, parent), log_file="restore.log")
+        self.first.clear()
+        t0 = time.perf_counter()
+        pid = self.criu.restore(images, mappings(n, parent), log_file="restore.log")
+        self.to_first = self.first[0] - t0 if self.first else None
+        return pid
+
+    def last_to_first(self) -> float | None:
+        return self.to_first
 
 
 def have_module(name: str) -> bool:
@@ -395,11 +429,14 @@ def path_specs(groups: list[str], native_ok: bool, lab: Lab) -> list[PathSpec]:
         if have_module("criu_macvlan.rpc"):
             ours, driver = OurRpc(), OurRpc(plugin=False)
             specs.append(PathSpec("inproc", "criu-macvlan RPC", ours.dump, ours.restore))
-            specs.append(nat(PathSpec("inproc", DRIVER_ALONE, driver.dump, driver.restore)))
+            specs.append(nat(PathSpec("inproc", DRIVER_ALONE, driver.dump, driver.restore,
+                                      probe=driver.last_to_first)))
         else:
             log("criu_macvlan.rpc is not there yet: in-process group has only the native path")
     if "cmdline" in groups:
         specs.append(nat(PathSpec("cmdline", "criu (native)", cli_native_dump, cli_native_restore, native=True)))
+        specs.append(nat(PathSpec("cmdline", COLD_FLOOR, cli_native_dump, cold_floor_restore, dump_timed=False,
+                                  only_n=1)))
         specs.append(PathSpec("cmdline", "criu --action-script", cli_script_dump, cli_script_restore))
         if CLI.exists() and have_module("criu_macvlan.cli"):
             specs.append(PathSpec("cmdline", "criu-macvlan CLI", cli_script_dump, ours_cli_restore, dump_timed=False))
@@ -455,6 +492,8 @@ def run_chains(lab: Lab, specs: list[PathSpec], n: int, runs: int, warmup: bool,
             if spec.dump_timed:
                 ops.setdefault("dump", {}).setdefault(str(n), []).append(t1 - t0)
             ops.setdefault("restore", {}).setdefault(str(n), []).append(t3 - t2)
+            if spec.probe is not None and (value := spec.probe()) is not None:
+                ops.setdefault(TO_FIRST, {}).setdefault(str(n), []).append(value)
         log(f"N={n} run {i + 1}/{total} done")
     for chain in chains:
         lab.kill(chain.pid)
@@ -696,6 +735,23 @@ def build_targets(samples: Sample, hooks: dict[str, dict[str, HookStats]]) -> li
     return out
 
 
+def build_bounds(samples: Sample) -> list[dict[str, Any]]:
+    """What no design can beat on this machine, measured in the same alternation as the paths."""
+    out = []
+    for n in sorted({int(k) for k in samples.get("cmdline", {}).get(COLD_FLOOR, {}).get("restore", {})}):
+        a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
+        if a is None or not b:
+            continue
+        out.append({"bound": f"cold action script restore, N={n}", "value": a / b, "unit": "x native",
+                    "detail": f"native restore, then the cold imports: +{(a - b) * 1e3:.1f} ms"})
+        first = median_of(samples, "inproc", DRIVER_ALONE, TO_FIRST, n)
+        if first is not None:  # the CLI loads while CRIU starts, and must be ready at its first notification
+            out.append({"bound": f"CLI restore, N={n}", "value": 1 + max(0.0, a - b - first) / b, "unit": "x native",
+                        "detail": f"the cold imports ({(a - b) * 1e3:.1f} ms) less CRIU's time to its first "
+                                  f"notification ({first * 1e3:.1f} ms), on top of native"})
+    return out
+
+
 def fmt_s(x: float) -> str:
     return f"{x * 1e3:.1f}" if x < 10 else f"{x:.2f} s"
 
@@ -725,6 +781,16 @@ def render_md(data: dict[str, Any]) -> str:
         met = {True: "met", False: "**not met**", None: "-"}[t["met"]]
         detail = f" ({t['detail']})" if t["detail"] else ""
         lines.append(f"| {t['target']} | {value}{detail} | {t['limit']:g} {t['unit']} | {met} |")
+    if data.get("bounds"):
+        lines += ["", "## Bounds", "",
+                  "The least a design that starts Python cold can cost here. The cold imports: a process "
+                  "that only starts the interpreter and imports pluggy, protobuf with the sidecar's and "
+                  "CRIU's netdev schemas, and pyroute2's netlink layer (no hook runs), timed after a native "
+                  "restore in the same alternation. A cold action script runs at least that while CRIU "
+                  "waits; a CLI needs at least that before CRIU's first notification.", "",
+                  "| bound | value |", "|---|---|"]
+        for b in data["bounds"]:
+            lines.append(f"| {b['bound']} | {b['value']:.3f} {b['unit']} ({b['detail']}) |")
     titles = {"inproc": "In-process (one Python process, RPC)", "cmdline": "Command line (whole processes)"}
     for group in ("inproc", "cmdline"):
         rows = [r for r in data["rows"] if r["group"] == group]
@@ -816,7 +882,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
                 "images without the macvlan entries (a lower bound), links re-added untimed")
         specs = path_specs(groups, native_error is None, lab)
         for n in ns:
-            run_chains(lab, specs, n, runs, warmup and n == ns[0], samples)
+            run_chains(lab, [s for s in specs if s.only_n in (None, n)], n, runs, warmup and n == ns[0], samples)
         for server in lab.servers:  # criu-macvlan serve's memory counts as the hook's (its children share it)
             if (hwm := process_hwm(server.pid)) is not None:
                 hooks.setdefault("criu-macvlan serve (the helper)", {}).setdefault("1", HookStats()).rss.append(hwm)
@@ -838,6 +904,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         "config": {"ns": ns, "runs": runs, "groups": groups, "seconds": round(time.monotonic() - started, 1)},
         "native_restore_error": native_error,
         "targets": build_targets(samples, hooks),
+        "bounds": build_bounds(samples),
         "rows": build_rows(samples),
         "hooks": hook_rows,
         "samples": samples,

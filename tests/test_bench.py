@@ -45,10 +45,14 @@ def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
     for target in data["targets"]:
         assert target["met"] in (True, False, None)
         assert (target["met"] is None) == (target["value"] is None)
+    bounds = {b["bound"]: b["value"] for b in data["bounds"]}
+    assert set(bounds) == {"cold action script restore, N=1", "CLI restore, N=1"}
+    assert bounds["cold action script restore, N=1"] > 1  # native restore, then the cold imports
+    assert 1 <= bounds["CLI restore, N=1"] <= bounds["cold action script restore, N=1"]
 
     md = (out / "latest.md").read_text()
     assert md.startswith("# criu-macvlan vs native CRIU")
-    assert "## Targets" in md and "## Hooks alone" in md
+    assert "## Targets" in md and "## Bounds" in md and "## Hooks alone" in md
     assert data["machine"]["kernel"] in md
 
     ours = f"bm{os.getpid() % 100000:05d}"  # the harness's veth names (bench.Lab.name)
