@@ -63,7 +63,8 @@ COLD_FLOOR = "native criu, then cold imports alone"
 TO_FIRST = "restore: to CRIU's first notification"
 # What a cold setup-namespaces cannot do without, and nothing else: the interpreter, pluggy,
 # protobuf with the sidecar's and CRIU's netdev schemas, pyroute2's netlink layer. No hook runs.
-COLD_IMPORTS = "import pluggy, criu_macvlan.netlink, criu_macvlan.images as i; i.netdev_entry_class()"
+# It exits as our hook and CLI do, without the interpreter's teardown.
+COLD_IMPORTS = "import os, pluggy, criu_macvlan.netlink, criu_macvlan.images as i; i.netdev_entry_class(); os._exit(0)"
 MiB = 1 << 20
 IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
 
@@ -367,11 +368,12 @@ class OurRpc:
     def __init__(self, plugin: bool = True) -> None:
         from criu_macvlan.rpc import Criu, Notify
 
+        first: list[float] = []  # when CRIU's first notification of a restore came
+
         class FirstNotify(Notify):
             def pre_restore(self) -> None:
                 first.append(time.perf_counter())
 
-        first: list[float] = []
         self.first = first
         self.criu = Criu(criu_bin=CRIU, disable=() if plugin else ["macvlan"], notify=FirstNotify())
         self.to_first: float | None = None  # last restore: seconds from the call to CRIU's first notification
@@ -756,6 +758,11 @@ def fmt_s(x: float) -> str:
     return f"{x * 1e3:.1f}" if x < 10 else f"{x:.2f} s"
 
 
+def runs_text(config: dict[str, Any]) -> str:
+    runs, small = config["runs"], config.get("runs_small_n", config["runs"])
+    return f"{runs} runs per path" + (f" ({small} at N <= 10)" if small != runs else "")
+
+
 def render_md(data: dict[str, Any]) -> str:
     m = data["machine"]
     lines = [
@@ -764,8 +771,8 @@ def render_md(data: dict[str, Any]) -> str:
         f"- date: {data['date']}",
         f"- machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_total']}, kernel {m['kernel']}, "
         f"criu {m['criu']}, Python {m['python']}",
-        f"- N = {', '.join(map(str, data['config']['ns']))} macvlans in one netns; {data['config']['runs']} runs "
-        "per path, paths alternating; times in ms, median (min-max); ratio = median / native median.",
+        f"- N = {', '.join(map(str, data['config']['ns']))} macvlans in one netns; {runs_text(data['config'])}, "
+        "paths alternating; times in ms, median (min-max); ratio = median / native median.",
         "",
         *([f"- **native CRIU cannot restore a macvlan on this kernel** ({data['native_restore_error']}); every "
            "native *restore* here restores the same images without their macvlan entries (CRIU makes no link; "
@@ -865,7 +872,10 @@ def compile_package() -> None:
     compileall.compile_dir(str(REPO / "criu_macvlan"), quiet=1)
 
 
-def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = True) -> dict[str, Any]:
+def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = True,
+        small_runs: int | None = None) -> dict[str, Any]:
+    """``small_runs``: runs per path at N <= 10 (cheap, and closest to the ratio targets), default ``runs``."""
+    small_runs = small_runs or runs
     compile_package()
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # restored trees become ours to reap
@@ -882,7 +892,8 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
                 "images without the macvlan entries (a lower bound), links re-added untimed")
         specs = path_specs(groups, native_error is None, lab)
         for n in ns:
-            run_chains(lab, [s for s in specs if s.only_n in (None, n)], n, runs, warmup and n == ns[0], samples)
+            run_chains(lab, [s for s in specs if s.only_n in (None, n)], n, small_runs if n <= 10 else runs,
+                       warmup and n == ns[0], samples)
         for server in lab.servers:  # criu-macvlan serve's memory counts as the hook's (its children share it)
             if (hwm := process_hwm(server.pid)) is not None:
                 hooks.setdefault("criu-macvlan serve (the helper)", {}).setdefault("1", HookStats()).rss.append(hwm)
@@ -901,7 +912,8 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
     data: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "config": {"ns": ns, "runs": runs, "groups": groups, "seconds": round(time.monotonic() - started, 1)},
+        "config": {"ns": ns, "runs": runs, "runs_small_n": small_runs, "groups": groups,
+                   "seconds": round(time.monotonic() - started, 1)},
         "native_restore_error": native_error,
         "targets": build_targets(samples, hooks),
         "bounds": build_bounds(samples),
@@ -926,19 +938,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smallest", action="store_true", help="N=1 and 1 run, no warm-up (the test suite's mode)")
     ap.add_argument("-n", "--ns", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated N values")
     ap.add_argument("-r", "--runs", type=int, help="runs per path")
+    ap.add_argument("--runs-small", type=int, help="runs per path at N <= 10 (default: 31 in a full run, else --runs)")
     ap.add_argument("-g", "--groups", default="inproc,cmdline,actions", help="inproc,cmdline,actions")
     ap.add_argument("-o", "--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    ns, runs, warmup = [1, 10, 100, 1000], 15, True
+    ns, runs, small_runs, warmup = [1, 10, 100, 1000], 15, 31, True
     if args.quick:
-        ns, runs = [1, 10], 3
+        ns, runs, small_runs = [1, 10], 3, 3
     if args.smallest:
-        ns, runs, warmup = [1], 1, False
-    ns, runs = args.ns or ns, args.runs or runs
+        ns, runs, small_runs, warmup = [1], 1, 1, False
+    if args.runs:
+        runs = small_runs = args.runs
+    ns, small_runs = args.ns or ns, args.runs_small or small_runs
     if os.geteuid() != 0:
         print("bench: needs root (namespaces, links, criu)", file=sys.stderr)
         return 2
-    data = run(ns, runs, args.groups.split(","), args.out, warmup)
+    data = run(ns, runs, args.groups.split(","), args.out, warmup, small_runs)
     sys.stdout.write(render_md(data))
     return 0
 
