@@ -23,7 +23,7 @@ proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from image
 	protoc --proto_path=. --python_out=build/proto images/macvlan.proto
 	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
 
-bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; 15 runs, 31 at N<=10; ~13 min) -> benchmarks/results/latest.*
+bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; 31 runs, 15 at N=1000; ~16 min) -> benchmarks/results/latest.*
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
 	$(PY) benchmarks/bench.py
 

@@ -66,6 +66,7 @@ TO_FIRST = "restore: to CRIU's first notification"
 # It exits as our hook and CLI do, without the interpreter's teardown.
 COLD_IMPORTS = "import os, pluggy, criu_macvlan.netlink, criu_macvlan.images as i; i.netdev_entry_class(); os._exit(0)"
 MiB = 1 << 20
+SMALL_N = 100  # up to here (the N of the ratio targets) a full run takes more runs: the ratios are noisy
 IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
 
 Sample = dict[str, dict[str, dict[str, dict[str, list[float]]]]]  # group -> path -> op -> N -> seconds
@@ -760,7 +761,7 @@ def fmt_s(x: float) -> str:
 
 def runs_text(config: dict[str, Any]) -> str:
     runs, small = config["runs"], config.get("runs_small_n", config["runs"])
-    return f"{runs} runs per path" + (f" ({small} at N <= 10)" if small != runs else "")
+    return f"{runs} runs per path" + (f" ({small} at N <= {SMALL_N})" if small != runs else "")
 
 
 def render_md(data: dict[str, Any]) -> str:
@@ -874,7 +875,7 @@ def compile_package() -> None:
 
 def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = True,
         small_runs: int | None = None) -> dict[str, Any]:
-    """``small_runs``: runs per path at N <= 10 (cheap, and closest to the ratio targets), default ``runs``."""
+    """``small_runs``: runs per path at N <= SMALL_N, the N of the ratio targets (default ``runs``)."""
     small_runs = small_runs or runs
     compile_package()
     libc = ctypes.CDLL(None, use_errno=True)
@@ -892,7 +893,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
                 "images without the macvlan entries (a lower bound), links re-added untimed")
         specs = path_specs(groups, native_error is None, lab)
         for n in ns:
-            run_chains(lab, [s for s in specs if s.only_n in (None, n)], n, small_runs if n <= 10 else runs,
+            run_chains(lab, [s for s in specs if s.only_n in (None, n)], n, small_runs if n <= SMALL_N else runs,
                        warmup and n == ns[0], samples)
         for server in lab.servers:  # criu-macvlan serve's memory counts as the hook's (its children share it)
             if (hwm := process_hwm(server.pid)) is not None:
@@ -938,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smallest", action="store_true", help="N=1 and 1 run, no warm-up (the test suite's mode)")
     ap.add_argument("-n", "--ns", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated N values")
     ap.add_argument("-r", "--runs", type=int, help="runs per path")
-    ap.add_argument("--runs-small", type=int, help="runs per path at N <= 10 (default: 31 in a full run, else --runs)")
+    ap.add_argument("--runs-small", type=int,
+                    help=f"runs per path at N <= {SMALL_N} (default: 31 in a full run, else --runs)")
     ap.add_argument("-g", "--groups", default="inproc,cmdline,actions", help="inproc,cmdline,actions")
     ap.add_argument("-o", "--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
