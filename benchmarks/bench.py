@@ -739,7 +739,9 @@ def build_targets(samples: Sample, hooks: dict[str, dict[str, HookStats]]) -> li
 
 
 def build_bounds(samples: Sample) -> list[dict[str, Any]]:
-    """What no design can beat on this machine, measured in the same alternation as the paths."""
+    """What no design that starts Python cold can beat on this machine, measured in the same alternation as the
+    paths: a cold action script costs at least native + the cold imports; a cold CLI, that less CRIU's time to its
+    first notification (it loads while CRIU starts)."""
     out = []
     for n in sorted({int(k) for k in samples.get("cmdline", {}).get(COLD_FLOOR, {}).get("restore", {})}):
         a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
