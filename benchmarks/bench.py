@@ -63,8 +63,15 @@ COLD_FLOOR = "native criu, then cold imports alone"
 TO_FIRST = "restore: to CRIU's first notification"
 # What a cold setup-namespaces cannot do without, and nothing else: the interpreter, pluggy,
 # protobuf with the sidecar's and CRIU's netdev schemas, pyroute2's netlink layer. No hook runs.
-# It exits as our hook and CLI do, without the interpreter's teardown.
-COLD_IMPORTS = "import os, pluggy, criu_macvlan.netlink, criu_macvlan.images as i; i.netdev_entry_class(); os._exit(0)"
+# It exits as our hook and CLI do, without the interpreter's teardown. COLD_STEPS: the same, one library at a time.
+COLD_STEPS = (
+    ("interpreter", "import os"),
+    ("+ pluggy", "import os, pluggy"),
+    ("+ protobuf, both schemas", "import os, pluggy, criu_macvlan.images as i; i.netdev_entry_class()"),
+    ("+ pyroute2's netlink layer", "import os, pluggy, criu_macvlan.netlink, criu_macvlan.images as i; "
+                                   "i.netdev_entry_class()"),
+)
+COLD_IMPORTS = COLD_STEPS[-1][1] + "; os._exit(0)"
 MiB = 1 << 20
 SMALL_N = 100  # up to here (the N of the ratio targets) a full run takes more runs: the ratios are noisy
 IFINDEX_BASE = 1 << 20  # macvlan ifindexes: no host link has one so high
@@ -594,6 +601,11 @@ def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, H
         run_hook(hook_env("pre-restore", empty))
     for label, argv in (("spawn /bin/true (baseline)", ["/bin/true"]), (f"unhandled ({UNHANDLED_ACTION})", None)):
         measure(stats.setdefault(label, {}).setdefault("1", HookStats()), many, hook_env(UNHANDLED_ACTION, empty), argv)
+    # where the cold start goes: the bound's imports, one library more at a time (alternating)
+    for _ in range(many):
+        for label, code in COLD_STEPS:
+            st = stats.setdefault(f"cold start: {label}", {}).setdefault("1", HookStats())
+            st.wall.append(run_hook(criu_env(), [sys.executable, "-s", "-P", "-c", code + "; os._exit(0)"]))
     for n in ns:
         parent = lab.veth()
         pid = lab.tree()
