@@ -376,13 +376,13 @@ class OurRpc:
     def __init__(self, plugin: bool = True) -> None:
         from criu_macvlan.rpc import Criu, Notify
 
-        first: list[float] = []  # when CRIU's first notification of a restore came
+        self.first: list[float] = []  # when CRIU's first notification of the restore came
+        first = self.first
 
         class FirstNotify(Notify):
             def pre_restore(self) -> None:
                 first.append(time.perf_counter())
 
-        self.first = first
         self.criu = Criu(criu_bin=CRIU, disable=() if plugin else ["macvlan"], notify=FirstNotify())
         self.to_first: float | None = None  # last restore: seconds from the call to CRIU's first notification
 
@@ -395,9 +395,6 @@ class OurRpc:
         pid = self.criu.restore(images, mappings(n, parent), log_file="restore.log")
         self.to_first = self.first[0] - t0 if self.first else None
         return pid
-
-    def last_to_first(self) -> float | None:
-        return self.to_first
 
 
 def have_module(name: str) -> bool:
@@ -440,7 +437,7 @@ def path_specs(groups: list[str], native_ok: bool, lab: Lab) -> list[PathSpec]:
             ours, driver = OurRpc(), OurRpc(plugin=False)
             specs.append(PathSpec("inproc", "criu-macvlan RPC", ours.dump, ours.restore))
             specs.append(nat(PathSpec("inproc", DRIVER_ALONE, driver.dump, driver.restore,
-                                      probe=driver.last_to_first)))
+                                      probe=lambda: driver.to_first)))
         else:
             log("criu_macvlan.rpc is not there yet: in-process group has only the native path")
     if "cmdline" in groups:

@@ -167,9 +167,9 @@ def handle(path: str, token: int) -> None:
     env = shim_request(token)
     code = None
     if env is not None:
+        env[DISABLE_HELPER_ENV] = "1"  # pre-dump: no per-dump helper, we serve post-dump too
         os.environ.clear()
         os.environ.update(env)
-        os.environ[DISABLE_HELPER_ENV] = "1"  # pre-dump: no per-dump helper, we serve post-dump too
         code = run_for_hook(token, env, f"criu-macvlan serve (pid {os.getppid()})")
     _reply(path, token, "refused" if code is None else str(code))
 
