@@ -1,6 +1,8 @@
 #!/bin/sh
 # Bootstrap a Debian 12 box (as root) for criu-macvlan, idempotently:
-# criu 4.1.1 + python3-pycriu from Debian trixie (pinned low), iptables, iproute2,
+# criu 4.1.1 + python3-pycriu from Debian trixie (pinned low) without moving the
+# system's Python (criu 4.1.1 needs trixie's libc6 >= 2.38; python3-pycriu is pure
+# Python and runs on bookworm's python3 3.11 and python3-protobuf), iptables, iproute2,
 # runc + busybox-static (the user-namespace container tests), gcc (the criu < 4.2
 # socket-option shim, scripts/criu-sockopt-compat.c),
 # and a .venv built from the system python with the project installed editable.
@@ -20,15 +22,12 @@ done
 criu_ok || need_apt=1
 dpkg -s busybox-static >/dev/null 2>&1 || need_apt=1  # a static busybox: the test containers' rootfs
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt=1
-# trixie's python3-pycriu brings python3 3.13; its venv needs trixie's pip wheel (bookworm's fails)
-whl=$(dpkg-query -W -f='${Version}' python3-pip-whl 2>/dev/null || echo 0)
-dpkg --compare-versions "$whl" ge 24 || need_apt=1
 
 if [ "$need_apt" = 1 ]; then
     export DEBIAN_FRONTEND=noninteractive
     if ! grep -rqs 'trixie' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         cat > /etc/apt/sources.list.d/criu-macvlan-trixie.sources <<'SRC'
-Types: deb
+Types: deb deb-src
 URIs: http://deb.debian.org/debian
 Suites: trixie
 Components: main
@@ -45,7 +44,13 @@ PIN
     apt-get update -qq
     apt-get install -y -qq iptables iproute2 util-linux python3 python3-venv python3-pip \
         runc busybox-static gcc libc6-dev >/dev/null
-    apt-get install -y -qq -t trixie criu python3-pycriu python3-venv python3-pip-whl >/dev/null
+    if ! criu_ok; then
+        # -t trixie for criu and the libraries it links (libc6 and friends) only, and
+        # no Recommends: with -t trixie they bring trixie's python3-pycriu, and with it
+        # trixie's python3-protobuf and python3 3.13. pycriu alone comes from trixie.
+        apt-get install -y -qq -t trixie --no-install-recommends criu >/dev/null
+        apt-get install -y -qq --no-install-recommends python3-pycriu/trixie >/dev/null
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
