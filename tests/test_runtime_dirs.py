@@ -43,8 +43,8 @@ def dumped(net: Net, procs: Procs, images: Path, env: dict[str, str]) -> str:
 def restore(procs: Procs, images: Path, parent: str, env: dict[str, str]) -> int:
     """``criu restore --action-script`` within ``DEADLINE``; the restored pid, its macvlan checked."""
     pidfile = images / "restored.pid"
-    res = subprocess.run([CRIU, "restore", "-d", "--pidfile", str(pidfile), *SCRIPT, f"--external=macvlan[mvr]:{parent}",
-                          "-D", str(images), "-v4", "-o", "restore.log"],
+    res = subprocess.run([CRIU, "restore", "-d", "--pidfile", str(pidfile), *SCRIPT,
+                          f"--external=macvlan[mvr]:{parent}", "-D", str(images), "-v4", "-o", "restore.log"],
                          env=env, capture_output=True, text=True, timeout=DEADLINE, check=False)
     assert res.returncode == 0, (images / "restore.log").read_text(errors="replace")[-3000:]
     new = procs.adopt(int(pidfile.read_text()))
