@@ -116,7 +116,9 @@ def _pycriu(module: str) -> Any:
         return import_submodules("pycriu", module)[0]
     except ImportError as exc:
         hint = "Debian: apt-get install python3-pycriu"
-        if sys.prefix != sys.base_prefix:  # a venv: the system's pycriu is there only with its site packages
+        import site
+
+        if sys.base_prefix not in site.PREFIXES:  # a venv that does not see the system's packages
             hint += (f"; the venv {sys.prefix} must see the system's packages: make it with "
                      "--system-site-packages (or set include-system-site-packages = true in its pyvenv.cfg)")
         raise CriuError(f"pycriu is not importable by {sys.executable} ({hint})") from exc
