@@ -15,16 +15,21 @@ import logging
 import os
 import sys
 
-from .errors import CriuMacvlanError, ExitCode, ImageError
+from .errors import CriuMacvlanError, ExitCode, HookError, ImageError, printable
 
 PROG = "criu-macvlan-action"
+
+
+class _Printable(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record))
 
 
 def _log() -> logging.Logger:
     log = logging.getLogger("criu_macvlan")
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        handler.setFormatter(_Printable(f"{PROG}: %(message)s"))
         log.addHandler(handler)
     debug = os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0")
     log.setLevel(logging.DEBUG if debug else logging.WARNING)
@@ -90,10 +95,12 @@ def main(env: os._Environ[str] | dict[str, str] = os.environ) -> int:
     try:
         return run(env)
     except CriuMacvlanError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        action = env.get("CRTOOLS_SCRIPT_ACTION", "")
+        where = "" if isinstance(exc, HookError) or not action else f"{action}: "  # a hook's names it already
+        print(f"{PROG}: {where}{printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # a bug: still one line, CRIU must not see a traceback
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} "
+        print(f"{PROG}: internal error: {printable(f'{type(exc).__name__}: {exc}')} "
               "(set CRIU_MACVLAN_DEBUG=1 and report it)", file=sys.stderr)
         if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
             raise

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from . import __version__
-from .errors import CriuMacvlanError, ExitCode, ImageError, UsageError
+from .errors import CriuMacvlanError, ExitCode, ImageError, UsageError, printable
 
 PROG = "criu-macvlan"
 
@@ -158,13 +159,28 @@ def cmd_restore(args: argparse.Namespace) -> int:
         opts["rst_sibling"] = True  # the tree becomes our child: wait for it like criu restore does
     pid = _driver(args).restore(args.images_dir, _mappings(args), **opts)
     if args.pidfile:
-        with open(args.pidfile, "w", encoding="ascii") as f:
-            f.write(f"{pid}\n")
+        _write_pidfile(args.pidfile, pid)
     print(pid, flush=True)
     if args.restore_detached:
         return ExitCode.OK
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) & 0xFF
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code & 0xFF  # killed by a signal: 128+N, as a shell says
+
+
+def _write_pidfile(path: str, pid: int) -> None:
+    """``path`` replaced by a new file holding ``pid``: a symlink there is replaced, never followed."""
+    from .images import replace
+
+    try:
+        dir_fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            replace(dir_fd, os.path.basename(path), f"{pid}\n".encode("ascii"), 0o644)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        raise CriuMacvlanError(f"--pidfile {path}: cannot write it ({exc.strerror or exc}); "
+                               f"the tree is restored as pid {pid}") from exc
 
 
 def _load_sidecar(path: str) -> Any:
@@ -194,9 +210,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     report = preflight.check(args.images_dir, _mappings(args), args.netns)
     for w in report.warnings:
-        print(f"{PROG}: warning: {w}", file=sys.stderr)
+        print(f"{PROG}: warning: {printable(w)}", file=sys.stderr)
     for problem in report.problems:
-        print(f"{PROG}: {problem}", file=sys.stderr)
+        print(f"{PROG}: {printable(problem)}", file=sys.stderr)
     if report.problems:
         return ExitCode.CHECK
     print(f"ok: {report.links} macvlan link(s) can be restored from {args.images_dir}")
@@ -264,19 +280,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.version:
             return cmd_version(args)
         if args.command is None:
-            raise UsageError(f"{PROG}: a command is required (see {PROG} --help)")
-        return COMMANDS[args.command](args)
+            raise UsageError(f"a command is required (see {PROG} --help)")
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, where a reader that went away is handled
+        return code
     except CriuMacvlanError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{PROG}: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a bug: still one line
-        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (set CRIU_MACVLAN_DEBUG=1 and report it)",
-              file=sys.stderr)
-        if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
-            raise
-        return ExitCode.BUG
+    except BrokenPipeError as exc:
+        if _reader_gone():  # `show | head`: nothing left to say to it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+            return 128 + signal.SIGPIPE
+        return _bug(exc)
+    except Exception as exc:
+        return _bug(exc)
+
+
+def _reader_gone() -> bool:
+    """Whether our stdout is a pipe nobody reads any more."""
+    import select
+
+    poller = select.poll()
+    poller.register(sys.stdout.fileno(), 0)
+    return any(ev & select.POLLERR for _, ev in poller.poll(0))
+
+
+def _bug(exc: Exception) -> int:
+    """A bug: still one line (the traceback with ``CRIU_MACVLAN_DEBUG=1``)."""
+    print(f"{PROG}: internal error: {printable(f'{type(exc).__name__}: {exc}')} "
+          "(set CRIU_MACVLAN_DEBUG=1 and report it)", file=sys.stderr)
+    if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
+        raise exc
+    return ExitCode.BUG
 
 
 def run() -> NoReturn:

@@ -7,6 +7,19 @@ still print it as one line (plus where to look), never as a traceback.
 from __future__ import annotations
 
 
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (``\\x1b``, ``\\n``, ``\\u2003``).
+
+    Names and hostnames come from images that may have been crafted: written
+    raw to a terminal, an escape sequence in one could retitle or rewrite it. Every
+    line meant for people goes through here (it also keeps a message on one line).
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in text)
+
+
 class ExitCode:
     """Process exit codes of ``criu-macvlan`` and ``hooks/criu-macvlan-action``."""
 

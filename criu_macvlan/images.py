@@ -145,15 +145,20 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
     :class:`ImageError`; the old file stays and no temp file is left.
     """
     try:
-        _replace(dir_fd, name, data)
+        replace(dir_fd, name, data)
     except OSError as exc:
         raise ImageError(f"{name}: cannot write it in the images directory: {exc.strerror or exc}") from exc
 
 
-def _replace(dir_fd: int, name: str, data: bytes) -> None:
+def replace(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` as ``name`` in directory ``dir_fd`` through a new temp file renamed over it.
+
+    The temp file is created exclusively, never through a symlink; the rename
+    replaces a symlink named ``name``, never writes where it points. ``OSError`` on failure.
+    """
     tmp = f"{TMP_PREFIX}{os.getpid()}-{_random_suffix()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
     try:
         try:
             view = memoryview(data)

@@ -31,8 +31,9 @@ def _builtin_plugins() -> list[tuple[str, object]]:
 class Hooks:
     """Runs CRIU actions through the registered plugins."""
 
-    def __init__(self, pm: pluggy.PluginManager) -> None:
+    def __init__(self, pm: pluggy.PluginManager, partial: bool = False) -> None:
         self.pm = pm
+        self.partial = partial  # some plugins were disabled: not what the installation handles
 
     def run(self, ctx: ActionContext) -> None:
         """Call the hook of ``ctx.action``; a failure becomes a :class:`HookError`.
@@ -94,7 +95,8 @@ def plugin_manager(disable: Iterable[str] = (), entry_points: bool = True) -> Ho
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for name in [*disable, *disabled_from_env()]:
+    blocked = [*disable, *disabled_from_env()]
+    for name in blocked:
         pm.set_blocked(name)
     for name, plugin in _builtin_plugins():
         if not pm.is_blocked(name):
@@ -104,7 +106,7 @@ def plugin_manager(disable: Iterable[str] = (), entry_points: bool = True) -> Ho
             if not pm.is_blocked(name) and not pm.has_plugin(name):
                 pm.register(_load(value), name=name)
     pm.check_pending()
-    return Hooks(pm)
+    return Hooks(pm, partial=bool(blocked))
 
 
 def _cache_dir() -> str:
@@ -175,19 +177,33 @@ def _metadata_key() -> list[list[Any]]:
 
 
 def _write_cache(path: str, content: str) -> None:
-    """Best effort: a read-only installation just runs without the cache."""
+    """Best effort: a read-only installation, or a directory that is not ours alone, runs without the cache."""
+    from .images import replace
+
+    directory = os.path.dirname(path)
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(content)
-        os.replace(tmp, path)
+        os.makedirs(directory, exist_ok=True)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        st = os.fstat(dir_fd)
+        if st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            replace(dir_fd, os.path.basename(path), content.encode("utf-8"), 0o644)
     except OSError:
         pass
+    finally:
+        os.close(dir_fd)
 
 
 def write_actions_cache(hooks: Hooks) -> None:
-    """Record the handled actions for the shell shim; best effort, only when changed."""
+    """Record the handled actions for the shell shim; best effort, only when changed.
+
+    Never with plugins disabled (``--disable``, ``CRIU_MACVLAN_DISABLE``): the cache
+    is shared by every later run, and would make them skip the disabled plugins' actions.
+    """
+    if hooks.partial:
+        return
     path = actions_cache_path()
     content = " ".join(hooks.handled_actions()) + "\n"
     try:

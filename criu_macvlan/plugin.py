@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import images
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
-from .context import ActionContext
+from .context import ActionContext, Mode
 from .errors import CriuMacvlanError, ImageError, NetlinkError, UsageError
 from .hookspecs import hookimpl
 from .mappings import format_mapping
@@ -380,12 +380,14 @@ class Planned:
 def plan_restore(sidecar: images.Sidecar, mappings: dict[str, str], ctx: ActionContext) -> list[Planned]:
     """Pair every link with its mapped parent; all missing mappings are named in one error."""
     names = {link.name for link in sidecar.links}
-    missing = [format_mapping(link.name, "OUT") for link in sidecar.links if link.name not in mappings]
-    if missing:
-        raise UsageError(
-            f"no parent given for {', '.join(missing)}: add --external {missing[0]} "
-            "(criu, RPC opts.external or a CRIU config file)"
-        )
+    unmapped = [link.name for link in sidecar.links if link.name not in mappings]
+    if unmapped:
+        missing = ", ".join(format_mapping(name, "OUT") for name in unmapped)
+        if ctx.mode is Mode.RPC:  # the CLI and the Python API: their own spelling
+            hint = f"--macvlan {unmapped[0]}:OUT (criu-macvlan restore; in Python, mappings={{IN: OUT}})"
+        else:
+            hint = f"--external {format_mapping(unmapped[0], 'OUT')} (criu, RPC opts.external or a CRIU config file)"
+        raise UsageError(f"no parent given for {missing}: add {hint}")
     for extra in sorted(set(mappings) - names):
         ctx.log.warning("mapping %s names a link the images do not have", format_mapping(extra, mappings[extra]))
     return [Planned(link, mappings[link.name]) for link in sidecar.links]

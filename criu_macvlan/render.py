@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import json_format
 
 from . import macvlan_pb2 as pb
-from .errors import ImageError
+from .errors import ImageError, printable
 from .images import MACVLAN_FLAGS, MACVLAN_MODES, Sidecar, validate
 
 _FAMILIES = {2: socket.AF_INET, 10: socket.AF_INET6}
@@ -117,20 +117,20 @@ def from_json(text: str, name: str = "JSON") -> Sidecar:
 def table(sidecar: Sidecar) -> str:
     head = sidecar.head
     lines = [
-        f"macvlan.img v{head.version}: {head.n_links} link(s), dumped on {head.hostname or '?'}"
+        f"macvlan.img v{head.version}: {head.n_links} link(s), dumped on {printable(head.hostname) or '?'}"
         f" (netns inode {head.netns_inode or '?'}){', empty-ns net' if head.empty_ns else ''}"
     ]
-    rows = [("NAME", "IFINDEX", "MODE", "FLAGS", "MAC", "MTU", "STATE", "PARENT", "ADDRESSES")]
+    rows: list[tuple[str, ...]] = [("NAME", "IFINDEX", "MODE", "FLAGS", "MAC", "MTU", "STATE", "PARENT", "ADDRESSES")]
     for link in sidecar.links:
         flags = [n for bit, n in MACVLAN_FLAGS.items() if link.flags & bit]
         parent = link.parent.name or (f"#{link.parent.ifindex}" if link.parent.HasField("ifindex") else "-")
         addrs = [f"{ip_text(a.family, a.address)}/{a.prefixlen}" for a in link.addrs]
         extra = [f"src:{mac_text(m)}" for m in link.source_macs]
-        rows.append((
+        rows.append(tuple(printable(cell) for cell in (
             link.name, str(link.ifindex), MACVLAN_MODES.get(link.mode, str(link.mode)), ",".join(flags) or "-",
             mac_text(link.address), str(link.mtu), "UP" if link.link_flags & 1 else "DOWN", parent,
             " ".join(addrs + extra) or "-",
-        ))
+        )))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])

@@ -50,6 +50,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +115,13 @@ def _pycriu(module: str) -> Any:
     try:
         return import_submodules("pycriu", module)[0]
     except ImportError as exc:
-        raise CriuError("pycriu is not installed (Debian: apt-get install python3-pycriu)") from exc
+        hint = "Debian: apt-get install python3-pycriu"
+        import site
+
+        if sys.base_prefix not in site.PREFIXES:  # a venv that does not see the system's packages
+            hint += (f"; the venv {sys.prefix} must see the system's packages: make it with "
+                     "--system-site-packages (or set include-system-site-packages = true in its pyvenv.cfg)")
+        raise CriuError(f"pycriu is not importable by {sys.executable} ({hint})") from exc
 
 
 def _pb() -> Any:

@@ -12,9 +12,12 @@ Protocol, in ``/run/criu-macvlan/serve`` (or ``$CRIU_MACVLAN_SERVE_DIR``, read b
 the helper and the shim alike), mode 0700, root only:
 
 * the helper keeps the FIFO ``req`` open read-write and writes its pid to ``pid``;
-* the shim (``hooks/criu-macvlan-action``) creates a FIFO ``rep.<its pid>``, holds
-  it open read-write, writes its pid as one line to ``req`` and reads one line,
-  the action's exit code, from ``rep.<its pid>``;
+* the shim (``hooks/criu-macvlan-action``) checks that the directory and ``req``
+  are root's alone (owner root, mode 0700 and 0600, no symlink), creates a FIFO
+  ``rep.<its pid>``, holds it open read-write, writes its pid as one line to
+  ``req`` and reads from ``rep.<its pid>`` the line ``pid <child>`` (the child
+  running its action: the shim falls back to Python at once if that child dies),
+  then the action's exit code;
 * the child takes everything else from the shim process itself: its environment
   (``CRTOOLS_*`` and the rest, exactly what a Python start would see), its stderr
   (CRIU's log) and its parent (the CRIU process, which must own the images dir
@@ -33,12 +36,13 @@ import os
 import select
 import shutil
 import signal
+import stat
 import sys
 from collections.abc import Callable
 
 from .errors import UsageError
 from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
-from .warm import run_for_hook, write_pid
+from .warm import private_dir, run_for_hook, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
 DIR_ENV = "CRIU_MACVLAN_SERVE_DIR"
@@ -62,16 +66,19 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     path = path or serve_dir()
     if os.geteuid() != 0:
         raise UsageError("serve: must run as root (CRIU's action scripts run as root)")
-    _claim(path)
+    dir_fd = _claim(path)
 
     def on_signal(signum: int, frame: object) -> None:
         raise _Stop
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    req = os.open(f"{path}/req", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    # Children are reaped by the kernel: a killed one vanishes at once, and the shim waiting
+    # on it (kill -0) sees that.
+    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         preload()
-        write_pid(path)
+        write_pid(dir_fd)
         if ready is not None:
             ready()
         poller = select.poll()
@@ -79,63 +86,96 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         pending = b""
         timeout = -1 if idle_timeout is None else int(idle_timeout * 1000)
         while poller.poll(timeout):
-            _reap()
             with contextlib.suppress(BlockingIOError):
                 pending += os.read(req, 4096)
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
                 token = line.decode("ascii", "replace").strip()
                 if token.isdigit():
-                    _fork_handler(path, int(token))
+                    _fork_handler(dir_fd, int(token))
         return 0  # idle
     except _Stop:
         return 0
     finally:
         os.close(req)
+        os.close(dir_fd)
         for s, handler in old.items():
             signal.signal(s, handler)
         shutil.rmtree(path, ignore_errors=True)
-        _reap()
 
 
 class _Stop(Exception):
     """SIGTERM or SIGINT."""
 
 
-def _claim(path: str) -> None:
-    """Create the runtime dir; refuse if a live helper owns it."""
+def _root_only(st: os.stat_result, mode: int) -> bool:
+    return st.st_uid == 0 and stat.S_IMODE(st.st_mode) == mode
+
+
+def _claim(path: str) -> int:
+    """Create the runtime dir and its ``req`` FIFO; an fd of the dir.
+
+    Refuses if a live helper owns it, or if it is not root's alone: whoever made
+    it could read our requests and answer them.
+    """
     try:
-        with open(f"{path}/pid", encoding="ascii") as f:
-            other = int(f.read().strip() or "0")
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISDIR(st.st_mode) or not _root_only(st, 0o700):
+            raise UsageError(f"serve: {path} is not a directory of root's alone (owner root, mode 0700, no "
+                             "symlink): remove it or choose another --dir")
+        other = _pid_in(path)
         if other > 0 and other != os.getpid():
-            os.kill(other, 0)
-            raise UsageError(f"serve: already running (pid {other})")
-    except (OSError, ValueError):
-        pass  # no helper, or a dead one: take over
+            try:
+                os.kill(other, 0)
+                raise UsageError(f"serve: already running (pid {other})")
+            except ProcessLookupError:
+                pass  # a dead helper: take over
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     shutil.rmtree(path, ignore_errors=True)
-    os.mkdir(path, 0o700)
-    os.mkfifo(f"{path}/req", 0o600)
+    try:
+        os.mkdir(path, 0o700)
+        dir_fd = private_dir(path)
+    except OSError as exc:
+        raise UsageError(f"serve: cannot create {path} as a directory of root's alone: {exc.strerror}") from exc
+    try:
+        os.mkfifo("req", 0o600, dir_fd=dir_fd)
+    except BaseException:
+        os.close(dir_fd)
+        raise
+    return dir_fd
 
 
-def _reap() -> None:
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+def _pid_in(path: str) -> int:
+    """The pid in ``path/pid`` (0 if none), read without following a symlink."""
+    try:
+        fd = os.open(f"{path}/pid", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return int(os.read(fd, 64).strip() or b"0")
+    except (OSError, ValueError):
+        return 0
+    finally:
+        os.close(fd)
 
 
-def _fork_handler(path: str, token: int) -> None:
-    if os.fork() != 0:
+def _fork_handler(dir_fd: int, token: int) -> None:
+    child = os.fork()
+    if child != 0:
+        _reply(dir_fd, token, f"pid {child}")  # the shim watches that child from now on
         return
     code = 1
     try:  # pragma: no cover - the forked child (tested end to end)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
         try:
-            handle(path, token)
+            handle(dir_fd, token)
             code = 0
         except BaseException:
-            _reply(path, token, "refused")  # the hook runs Python rather than wait for its timeout
+            _reply(dir_fd, token, "refused")  # the hook runs Python rather than wait for its timeout
             raise
     finally:
         sys.stderr.flush()
@@ -162,7 +202,7 @@ def shim_request(token: int) -> dict[str, str] | None:
     return env
 
 
-def handle(path: str, token: int) -> None:
+def handle(dir_fd: int, token: int) -> None:
     """In the forked child: run the action of shim ``token`` and answer it (``refused``: it runs Python)."""
     env = shim_request(token)
     code = None
@@ -171,15 +211,20 @@ def handle(path: str, token: int) -> None:
         os.environ.clear()
         os.environ.update(env)
         code = run_for_hook(token, env, f"criu-macvlan serve (pid {os.getppid()})")
-    _reply(path, token, "refused" if code is None else str(code))
+    _reply(dir_fd, token, "refused" if code is None else str(code))
 
 
-def _reply(path: str, token: int, answer: str) -> None:
+def _reply(dir_fd: int, token: int, answer: str) -> None:
+    """Write ``answer`` to the shim's FIFO, if it is one of root's (the shim made it)."""
     try:  # the shim holds the FIFO open: this never blocks; ENXIO if it gave up
-        rep = os.open(f"{path}/rep.{token}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        rep = os.open(f"rep.{token}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
         return
     try:
-        os.write(rep, f"{answer}\n".encode("ascii"))
+        st = os.fstat(rep)
+        if stat.S_ISFIFO(st.st_mode) and _root_only(st, 0o600):
+            os.write(rep, f"{answer}\n".encode("ascii"))
+    except OSError:
+        pass
     finally:
         os.close(rep)

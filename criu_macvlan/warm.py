@@ -15,7 +15,9 @@ later actions of the **same CRIU process**:
   falls back to the normal Python path (both actions are idempotent);
 * the helper exits when CRIU exits (a pidfd), after ``IDLE_TIMEOUT`` without a
   request, or on any error, removing its directory. It holds no fd of CRIU's: for
-  each request it writes to the requesting shim's stderr (CRIU's log).
+  each request it writes to the requesting shim's stderr (CRIU's log). The
+  directories of helpers that could not clean up (SIGKILLed) are swept by the next
+  ``pre-dump`` that starts one.
 
 Best effort throughout: no helper (not root, no pidfd, ``CRIU_MACVLAN_NO_HELPER``
 set) just means the normal path.
@@ -24,12 +26,14 @@ set) just means the normal path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import select
 import shutil
 import signal
+import stat
 import sys
 
 RUN_DIR = "/run/criu-macvlan"
@@ -51,6 +55,7 @@ def start(criu_pid: int) -> int | None:
     try:
         fds.append(os.pidfd_open(criu_pid))
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        sweep()
         shutil.rmtree(path, ignore_errors=True)  # an earlier helper's (it keeps its own fds)
         os.mkdir(path, 0o700)
         for name in ("req", "rep"):
@@ -101,7 +106,9 @@ def _serve(criu_pid: int, path: str, pidfd: int, req: int, rep: int) -> None:  #
             if fd not in keep:
                 with contextlib.suppress(OSError):  # the listing's own fd
                     os.close(fd)
-        write_pid(path)
+        dir_fd = private_dir(path)
+        write_pid(dir_fd)
+        os.close(dir_fd)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(req, select.POLLIN)
@@ -169,9 +176,62 @@ def run_for_hook(token: int, env: dict[str, str], helper: str, stderr_after: int
     return code
 
 
-def write_pid(path: str) -> None:
-    """Announce this helper: ``path/pid``, written whole (the shim reads it to see the helper lives)."""
-    tmp = f"{path}/pid.tmp"
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
-    os.rename(tmp, f"{path}/pid")
+def private_dir(path: str) -> int:
+    """An fd of directory ``path`` if it is ours alone (no symlink, owned by us, mode 0700); else ``OSError``."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
+        os.close(fd)
+        raise PermissionError(errno.EPERM, "not a directory of ours alone (owner, mode 0700)", path)
+    return fd
+
+
+def write_pid(dir_fd: int) -> None:
+    """Announce this helper: ``pid`` in ``dir_fd``, written whole (the shim reads it to see the helper lives).
+
+    Created exclusively without following a symlink, then renamed into place.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink("pid.tmp", dir_fd=dir_fd)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open("pid.tmp", flags, 0o600, dir_fd=dir_fd)
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+    finally:
+        os.close(fd)
+    os.rename("pid.tmp", "pid", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def sweep() -> None:
+    """Remove the runtime dirs of helpers whose CRIU is gone (a SIGKILLed helper leaves its dir).
+
+    A dir is named after its CRIU process: stale if that pid is dead, a zombie, or a
+    process started after the dir was last changed (the pid was reused).
+    """
+    try:
+        names = [n for n in os.listdir(RUN_DIR) if n.isdigit()]
+    except OSError:
+        return
+    for name in names:
+        path = f"{RUN_DIR}/{name}"
+        try:
+            changed = os.lstat(path).st_mtime
+        except OSError:
+            continue
+        started = _start_time(int(name))
+        if started is None or started > changed + 2:  # /proc/stat's btime is whole seconds
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch); ``None`` if it is dead or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")

@@ -2,7 +2,7 @@
 """Dump and restore through criu-macvlan's RPC driver, with callbacks of your own.
 
     rpc_notify.py dump PID IMAGES_DIR [--leave-running]
-    rpc_notify.py restore IMAGES_DIR IN=OUT [IN=OUT ...]
+    rpc_notify.py restore IMAGES_DIR IN:OUT [IN:OUT ...]
 
 CRIU announces every stage of a dump or restore. The driver runs criu-macvlan's
 plugins for each (saving the macvlans on dump, recreating them on the OUT
@@ -19,6 +19,7 @@ import time
 
 import criu_macvlan
 from criu_macvlan.errors import CriuMacvlanError
+from criu_macvlan.mappings import merge, parse_mapping
 from criu_macvlan.rpc import Notify
 
 
@@ -72,7 +73,8 @@ def main() -> int:
     dump.add_argument("--leave-running", action="store_true")
     restore = sub.add_parser("restore")
     restore.add_argument("images_dir")
-    restore.add_argument("maps", nargs="+", metavar="IN=OUT", help="macvlan IN of the dump goes onto parent OUT")
+    restore.add_argument("maps", nargs="+", metavar="IN:OUT",
+                         help="macvlan IN of the dump goes onto parent OUT (as criu-macvlan restore --macvlan)")
     parser.add_argument("--criu", default="criu", help="the criu binary")
     args = parser.parse_args()
 
@@ -83,7 +85,7 @@ def main() -> int:
                               leave_running=args.leave_running, log_file="dump.log", log_level=4)
             print(f"dumped {args.pid} into {args.images_dir}")
         else:
-            mappings = dict(m.split("=", 1) for m in args.maps)
+            mappings = merge(parse_mapping(m) for m in args.maps)
             pid = criu_macvlan.restore(args.images_dir, mappings, criu_bin=args.criu, notify=notify,
                                        log_file="restore.log", log_level=4)
             print(f"restored pid {pid}")

@@ -75,7 +75,10 @@ def test_rpc_notify_script(net: Net, procs: Procs, images: Path) -> None:
     assert actions == ["pre-dump", "network-lock", "post-dump"]
     assert dumped.stdout.splitlines()[-1] == f"dumped {pid} into {images}"
 
-    restored = run(*script, "restore", str(images), f"eth0={b1}")
+    bad = run(*script, "restore", str(images), f"eth0={b1}", check=False)  # the CLI's IN:OUT, not IN=OUT
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"rpc_notify: bad mapping 'eth0={b1}': expected IN:OUT or macvlan[IN]:OUT"]
+    restored = run(*script, "restore", str(images), f"eth0:{b1}")
     out = restored.stdout.splitlines()
     assert out[-1].startswith("restored pid ")
     new = procs.adopt(int(out[-1].split()[-1]))
@@ -90,11 +93,11 @@ def test_rpc_notify_script_reports_failure(net: Net, procs: Procs, images: Path)
     pid = tree_with_macvlan(net, procs, a1)
     script = [sys.executable, str(EXAMPLES / "rpc_notify.py"), "--criu", CRIU]
     run(*script, "dump", str(pid), str(images))
-    res = run(*script, "restore", str(images), "other=nowhere0", check=False)
+    res = run(*script, "restore", str(images), "other:nowhere0", check=False)
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines() == [
-        "rpc_notify: setup-namespaces: no parent given for macvlan[eth0]:OUT: add --external "
-        "macvlan[eth0]:OUT (criu, RPC opts.external or a CRIU config file)"
+        "rpc_notify: setup-namespaces: no parent given for macvlan[eth0]:OUT: add --macvlan eth0:OUT "
+        "(criu-macvlan restore; in Python, mappings={IN: OUT})"
     ]
 
 

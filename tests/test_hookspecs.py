@@ -189,7 +189,10 @@ def test_handled_actions_cache(clean_env: None, tmp_path: Path, monkeypatch: pyt
     manager.write_actions_cache(hooks)  # unchanged: not rewritten
     assert path.stat().st_mtime_ns == mtime
     manager.write_actions_cache(manager.plugin_manager(disable=["macvlan"], entry_points=False))
-    assert path.read_text() == "\n"
+    assert path.stat().st_mtime_ns == mtime  # a run with plugins disabled never writes the shared cache
+    path.write_text("pre-dump\n")
+    manager.write_actions_cache(hooks)  # changed: rewritten
+    assert path.read_text() == " ".join(hooks.handled_actions()) + "\n"
     assert os.listdir(path.parent) == ["handled-actions"]  # no temp file left
 
 

@@ -662,5 +662,5 @@ def test_action_script_unopenable_images_dir(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "criu_macvlan.action"], env=env, capture_output=True, text=True,
                          cwd=REPO)
     assert res.returncode == ExitCode.IMAGE
-    assert res.stderr == f"criu-macvlan-action: cannot open the images directory {tmp_path / 'nope'}: " \
+    assert res.stderr == f"criu-macvlan-action: pre-restore: cannot open the images directory {tmp_path / 'nope'}: " \
                          "No such file or directory\n"
