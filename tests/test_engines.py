@@ -202,3 +202,65 @@ def test_engine_of_a_real_process(tmp_path: Path) -> None:
         child.kill()
         child.wait()
     assert engines.engine_of(2**22 + 1) is None
+
+
+# ------------------------------------------- the action script, end to end
+
+FAKE_CRIU = """
+import os, subprocess, sys
+images = sys.argv[1]
+fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+env = {"PATH": os.environ["PATH"], "CRTOOLS_SCRIPT_ACTION": "setup-namespaces",
+       "CRTOOLS_IMAGE_DIR": f"/proc/{os.getpid()}/fd/{fd}", "CRIU_MACVLAN_ACTIONS": "setup-namespaces",
+       "CRIU_MACVLAN_SERVE_DIR": images + "/no-serve"}
+res = subprocess.run([sys.argv[2]], env=env, cwd=images, capture_output=True, text=True, timeout=60)
+sys.stderr.write(res.stderr)
+sys.exit(res.returncode)
+"""
+
+
+def run_under_fake_runc(tmp_path: Path, bundle_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The action script under a criu whose title says RPC restore and whose parent is called runc.
+
+    A real runc parses config.json before it starts CRIU, so it cannot hand CRIU a broken
+    one; this stands in for a file that changed under it. Only process names and files are fake.
+    """
+    from conftest import ACTION_SCRIPT
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "macvlan.img").write_bytes(b"")
+    fake = tmp_path / "bin" / "runc"
+    fake.parent.mkdir()
+    fake.write_text(
+        '#!/bin/bash\ncd "$BUNDLE" || exit 99\n'
+        '(exec -a "criu: restore --rpc -D $IMAGES" "$PY" -c "$CODE" "$IMAGES" "$HOOK")\n'
+    )
+    fake.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "BUNDLE": str(bundle_dir), "IMAGES": str(images), "PY": sys.executable,
+           "CODE": FAKE_CRIU, "HOOK": str(ACTION_SCRIPT)}
+    cmd = [str(fake), "--root", str(tmp_path / "state"), "restore", "-b", str(bundle_dir), "c1"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("{oops", "{bundle}/config.json is not JSON ("),
+        (json.dumps({"annotations": {"org.criu.config": "/nonexistent/criu.conf"}}),
+         "org.criu.config in {bundle}/config.json names /nonexistent/criu.conf, which does not exist"),
+    ],
+    ids=["not-json", "missing-file"],
+)
+def test_action_script_bad_engine_input(tmp_path: Path, config: str, message: str) -> None:
+    b = tmp_path / "bundle"
+    b.mkdir()
+    (b / "config.json").write_text(config)
+    res = run_under_fake_runc(tmp_path, b)
+    assert res.returncode == ExitCode.USAGE, res.stderr
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("criu-macvlan-action: " + message.format(bundle=b)), lines
+    # nothing made, nothing left
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["macvlan.img"]
+    assert sorted(p.name for p in b.iterdir()) == ["config.json"]
