@@ -9,8 +9,9 @@ runs ``criu swrk``), and its command line, state and bundle tell which file it c
   is among the labels of ``<root>/<id>/state.json``; at restore that file does not
   exist yet, and runc has moved into the bundle, whose ``config.json`` holds it.
 * **crun** (with CRIU >= 4.2): the annotation, else ``/etc/criu/crun.conf`` if it
-  exists, else ``/etc/criu/runc.conf``. The bundle is in ``<root>/<id>/status``
-  (checkpoint) or ``--bundle``/crun's directory (restore).
+  exists, else ``/etc/criu/runc.conf``. The annotation is in crun's copy
+  ``<root>/<id>/config.json``, else in the bundle named by ``<root>/<id>/status``, else
+  in ``--bundle`` or crun's directory (restore).
 
 Any other parent (an unknown RPC client): ``/etc/criu/runc.conf``, as before. A file
 named by an annotation must exist; a state or ``config.json`` that is not JSON is an
@@ -150,7 +151,10 @@ def runc_annotation(engine: Engine) -> tuple[object, str]:
 def crun_annotation(engine: Engine) -> tuple[object, str]:
     """``(value or _ABSENT, where it was read)`` for a crun process."""
     root = engine.global_option(("--root",), CRUN_ROOT)
-    status_path = os.path.join(engine.cwd or "/", root, engine.container_id, "status")
+    state_dir = os.path.join(engine.cwd or "/", root, engine.container_id)
+    if os.path.exists(os.path.join(state_dir, "config.json")):  # crun keeps its own copy there
+        return _bundle_annotation(state_dir)
+    status_path = os.path.join(state_dir, "status")
     status = read_json(status_path)
     if status is not None:
         if not isinstance(status, Mapping) or not isinstance(status.get("bundle"), str):

@@ -176,6 +176,15 @@ def test_crun_restore_finds_the_bundle_from_its_option(tmp_path: Path, etc: Path
     assert engines.engine_configs(crun(tmp_path / "run", b, "restore", "c1")) == [(str(conf), True)]  # cwd
 
 
+def test_crun_prefers_its_own_copy_of_config_json(tmp_path: Path, etc: Path) -> None:
+    conf = tmp_path / "ctr.conf"
+    conf.write_text("")
+    root = tmp_path / "run"
+    crun_status(root, "c1", bundle(tmp_path, {"org.criu.config": "/changed/since"}))
+    (root / "c1" / "config.json").write_text(json.dumps({"annotations": {"org.criu.config": str(conf)}}))
+    assert engines.engine_configs(crun(root, tmp_path, "checkpoint", "c1")) == [(str(conf), True)]
+
+
 def test_crun_empty_annotation_names_no_file(tmp_path: Path, etc: Path) -> None:
     b = bundle(tmp_path, {"org.criu.config": ""})
     (etc / "crun.conf").write_text("")
