@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ACTION_SCRIPT, Net, Procs, alive, ip, link_names
 from segment import V4, V6, Segment, addresses, configure_l3, ours
+from test_serve import served as _served
 from test_userns import BUSYBOX, HOST_ID, RUNC, Runc, fetch, mvb_routes
 
-from criu_macvlan import engines
+from criu_macvlan import engines, serve
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +40,9 @@ def make(env: dict[str, str], made: list[Runc], userns: bool, annotation: bool) 
     c = Runc(env, userns=userns, annotation=annotation)
     made.append(c)
     return c
+
+
+helper = pytest.fixture(_served.__wrapped__, name="helper")  # test_serve's `served`, here
 
 
 @pytest.fixture
@@ -92,6 +97,21 @@ def test_runc_conf_recipe(
     checkpoint_restore_onto_b(c, net, seg, userns)
     c.destroy()
     assert ours(link_names()) == ours(host_before)
+
+
+def test_runc_conf_recipe_served(
+    net: Net, procs: Procs, runc_env: dict[str, str], containers: list[Runc],
+    etc_files: Callable[[str, str], None], helper: tuple[str, subprocess.Popen[str]],
+) -> None:
+    """The same recipe with `criu-macvlan serve`: its child finds runc's file as Python would."""
+    path, proc = helper
+    seg = Segment(net, procs)
+    etc_files(RUNC_CONF, f"action-script {ACTION_SCRIPT}\nexternal macvlan[mvb]:{seg.b}\n")
+    env = {**runc_env, serve.DIR_ENV: path, "CRIU_MACVLAN_DEBUG": "1"}
+    c = make(env, containers, userns=True, annotation=False)
+    checkpoint_restore_onto_b(c, net, seg, userns=True)
+    log = (c.work / "restore.log").read_text()
+    assert f"criu-macvlan serve (pid {proc.pid}) ran setup-namespaces: exit code 0" in log
 
 
 def test_annotation_file_replaces_runc_conf(
