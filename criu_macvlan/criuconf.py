@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import mappings
+from . import engines, mappings
 from .errors import UsageError
 
 GLOBAL_CONFIG = "/etc/criu/default.conf"
@@ -148,28 +148,37 @@ def _closing_quote(value: str) -> int:
     return -1
 
 
-def argv_statements(argv: list[str]) -> Iterator[tuple[str, str]]:
-    """Yield ``(option, value)`` for the long options of a criu command line, as getopt_long reads them."""
+def _tokens(argv: list[str]) -> Iterator[tuple[str | None, str]]:
+    """``(option, value)`` for each option of a criu command line, ``(None, arg)`` for the rest.
+
+    As getopt_long reads it: ``--opt value``, ``--opt=value``, unambiguous prefixes,
+    short options with attached or separate values; values are never options.
+    """
     it = iter(argv)
     for arg in it:
         if arg == "--":
-            return
-        if arg.startswith("--"):
+            for rest in it:
+                yield None, rest
+        elif arg.startswith("--"):
             given, eq, value = arg[2:].partition("=")
             name = resolve_long(given)
-            if name is None:
-                continue
-            if not eq and name in _REQUIRED:
-                value = next(it, "")
-            yield name, value
+            if name is not None:
+                if not eq and name in _REQUIRED:
+                    value = next(it, "")
+                yield name, value
         elif arg.startswith("-") and len(arg) > 1:
             for pos, char in enumerate(arg[1:], 1):
-                if char in _SHORT_REQUIRED:
-                    if pos == len(arg) - 1:
+                if char in _SHORT_REQUIRED or char in _SHORT_OPTIONAL:
+                    if char in _SHORT_REQUIRED and pos == len(arg) - 1:
                         next(it, "")  # the value is the next argument
                     break
-                if char in _SHORT_OPTIONAL:
-                    break
+        else:
+            yield None, arg
+
+
+def argv_statements(argv: list[str]) -> Iterator[tuple[str, str]]:
+    """Yield ``(option, value)`` for the long options of a criu command line."""
+    return ((name, value) for name, value in _tokens(argv) if name is not None)
 
 
 def parse_process(argv: list[str]) -> tuple[list[str], bool]:
@@ -180,30 +189,9 @@ def parse_process(argv: list[str]) -> tuple[list[str], bool]:
     swrk N`` and ``criu service`` are RPC mode before the title changes.
     """
     if argv and argv[0].startswith(TITLE_PREFIX):
-        words = " ".join(argv).split()
-        return ["criu"], "--rpc" in words
-    command = next((a for a in _positionals(argv[1:])), "")
+        return ["criu"], "--rpc" in " ".join(argv).split()
+    command = next((arg for name, arg in _tokens(argv[1:]) if name is None), "")
     return argv, command in RPC_COMMANDS
-
-
-def _positionals(argv: list[str]) -> Iterator[str]:
-    it = iter(argv)
-    for arg in it:
-        if arg == "--":
-            yield from it
-            return
-        if arg.startswith("--"):
-            name = resolve_long(arg[2:].partition("=")[0])
-            if "=" not in arg and name in _REQUIRED:
-                next(it, "")
-        elif arg.startswith("-") and len(arg) > 1:
-            for pos, char in enumerate(arg[1:], 1):
-                if char in _SHORT_REQUIRED or char in _SHORT_OPTIONAL:
-                    if char in _SHORT_REQUIRED and pos == len(arg) - 1:
-                        next(it, "")
-                    break
-        else:
-            yield arg
 
 
 def _apply(opts: CriuOptions, statements: Iterator[tuple[str, str]], origin: str) -> None:
@@ -299,9 +287,7 @@ def load(
         _read_config(_from_start_dir(cmd_config, start_dir, "--config"), opts)
     _apply(opts, argv_statements(argv[1:]), COMMAND_LINE)
     if rpc:
-        from .engines import RUNC_CONFIG
-
-        for path, required in [(RUNC_CONFIG, False)] if engine_configs is None else engine_configs:
+        for path, required in [(engines.RUNC_CONFIG, False)] if engine_configs is None else engine_configs:
             _read_config(path, opts, required)
         _read_config(OWN_CONFIG, opts)
     if env.get("CRIU_MACVLAN_CONFIG"):
@@ -331,12 +317,11 @@ def read_cmdline(pid: int) -> list[str]:
 
 
 def start_dir(pid: int) -> str | None:
-    """The directory criu ``pid`` was started in: ``PWD`` of its environment, as its shell set it.
+    """The directory the command-line criu ``pid`` was started in: ``PWD`` of its environment.
 
     CRIU has moved into the images or work dir by the time it runs scripts, so
     ``/proc/<pid>/cwd`` no longer tells, and the script's own ``PWD`` is reset by
-    its shell. (In RPC mode the title overwrites the environment, but there is no
-    command line to resolve either.)
+    its shell; the ``PWD`` the shell that started criu set is still in criu's environment.
     """
     for item in _read_proc_list(pid, "environ"):
         if item.startswith("PWD="):
@@ -347,10 +332,11 @@ def start_dir(pid: int) -> str | None:
 
 def load_for_criu(pid: int) -> CriuOptions:
     """Collect the options of the running criu process ``pid``."""
-    from . import engines
-
     argv = read_cmdline(pid)
-    _, rpc = parse_process(argv)
-    engine_configs = engines.config_files(pid) if rpc else None
     # An action script inherits CRIU's environment: os.environ is CRIU's.
-    return load(argv, os.environ, start_dir(pid), engine_configs)
+    if not parse_process(argv)[1]:
+        return load(argv, os.environ, start_dir(pid))
+    # RPC mode: the title has overwritten criu's environment; the engine started criu
+    # from the directory it is in (runc moves into the bundle first).
+    engine = engines.engine_of(pid)
+    return load(argv, os.environ, engine.cwd if engine else None, engines.engine_configs(engine))

@@ -50,24 +50,15 @@ class Engine:
     def container_id(self) -> str:
         return self.argv[-1] if len(self.argv) > 1 else ""
 
-    def global_option(self, names: tuple[str, ...], default: str) -> str:
-        """A ``--name value``/``--name=value`` option given before the subcommand (urfave/cli style)."""
-        return _option(self.argv[1:], names, default, stop_at_positional=True)
-
-    def option(self, names: tuple[str, ...]) -> str:
-        return _option(self.argv[1:], names, "", stop_at_positional=False)
-
-
-def _option(args: list[str], names: tuple[str, ...], default: str, stop_at_positional: bool) -> str:
-    value = default
-    it = iter(args)
-    for arg in it:
-        flag, eq, attached = arg.partition("=")
-        if flag in names:
-            value = attached if eq else next(it, default)
-        elif stop_at_positional and not arg.startswith("-"):
-            break
-    return value
+    def option(self, names: tuple[str, ...], default: str = "") -> str:
+        """The value of ``--name value`` or ``--name=value`` (the last one given)."""
+        value = default
+        it = iter(self.argv[1:])
+        for arg in it:
+            flag, eq, attached = arg.partition("=")
+            if flag in names:
+                value = attached if eq else next(it, default)
+        return value
 
 
 def parent_of(pid: int) -> int | None:
@@ -133,7 +124,7 @@ def _bundle_annotation(bundle: str) -> tuple[object, str]:
 
 def runc_annotation(engine: Engine) -> tuple[object, str]:
     """``(value or _ABSENT, where it was read)`` for a runc process."""
-    root = engine.global_option(("--root",), RUNC_ROOT)
+    root = engine.option(("--root",), RUNC_ROOT)
     state_path = os.path.join(engine.cwd or "/", root, engine.container_id, "state.json")
     state = read_json(state_path)
     if state is not None:  # checkpoint: the labels runc itself reads
@@ -150,7 +141,7 @@ def runc_annotation(engine: Engine) -> tuple[object, str]:
 
 def crun_annotation(engine: Engine) -> tuple[object, str]:
     """``(value or _ABSENT, where it was read)`` for a crun process."""
-    root = engine.global_option(("--root",), CRUN_ROOT)
+    root = engine.option(("--root",), CRUN_ROOT)
     state_dir = os.path.join(engine.cwd or "/", root, engine.container_id)
     if os.path.exists(os.path.join(state_dir, "config.json")):  # crun keeps its own copy there
         return _bundle_annotation(state_dir)
@@ -182,7 +173,3 @@ def engine_configs(engine: Engine | None) -> list[tuple[str, bool]]:
         return [(CRUN_CONFIG, True)]
     return [(RUNC_CONFIG, False)]
 
-
-def config_files(criu_pid: int) -> list[tuple[str, bool]]:
-    """``(path, required)`` of the engine config files of the RPC-mode criu ``criu_pid``."""
-    return engine_configs(engine_of(criu_pid))

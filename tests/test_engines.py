@@ -89,6 +89,8 @@ def test_runc_root_option_forms(tmp_path: Path, etc: Path) -> None:
     runc_state(tmp_path / "r", "c9", [f"org.criu.config={conf}"])
     engine = Engine("runc", 1, ["runc", f"--root={tmp_path / 'r'}", "--debug", "checkpoint", "c9"], "/")
     assert engines.engine_configs(engine) == [(str(conf), True)]
+    engine = Engine("runc", 1, ["runc", "--log", "/l", "--root", str(tmp_path / "r"), "checkpoint", "c9"], "/")
+    assert engines.engine_configs(engine) == [(str(conf), True)]
     # a relative --root is runc's start directory's (runc has not moved at checkpoint)
     engine = Engine("runc", 1, ["runc", "--root", "r", "checkpoint", "c9"], str(tmp_path))
     assert engines.engine_configs(engine) == [(str(conf), True)]
