@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, ip, link_names
+from conftest import ACTION_SCRIPT, Net, Procs, alive, ip, link_names, unique
 from segment import V4, V6, Segment, addresses, configure_l3, ours
-from test_serve import served as _served
+from test_serve import start, stop
 from test_userns import BUSYBOX, HOST_ID, RUNC, Runc, fetch, mvb_routes
 
 from criu_macvlan import engines, serve
@@ -42,7 +42,15 @@ def make(env: dict[str, str], made: list[Runc], userns: bool, annotation: bool) 
     return c
 
 
-helper = pytest.fixture(_served.__wrapped__, name="helper")  # test_serve's `served`, here
+@pytest.fixture
+def helper() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """A `criu-macvlan serve` of this test's own (as test_serve's)."""
+    path = f"/run/criu-macvlan/test-{unique('s')}"
+    proc = start(path)
+    try:
+        yield path, proc
+    finally:
+        stop(proc)
 
 
 @pytest.fixture
