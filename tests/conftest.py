@@ -8,13 +8,14 @@ pid. Names are unique per test run and per test, and never those of the host.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -261,3 +262,49 @@ def inet_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     run("cc", "-shared", "-fPIC", "-O2", "-o", str(out), str(src), "-ldl")
     env["LD_PRELOAD"] = str(out)
     return env
+
+
+ETC_LOCK = "/run/criu-macvlan-tests-etc.lock"
+
+
+@pytest.fixture
+def etc_files() -> Iterator[Callable[[str, str], None]]:
+    """Write host-wide files (``/etc/criu/runc.conf`` ...) for one test, serialized with every
+    other test that does, each file's original content (or absence) restored afterwards.
+
+    Yields ``write(path, text)``.
+    """
+    saved: dict[str, bytes | None] = {}
+    made_dirs: list[str] = []
+
+    def write(path: str, text: str) -> None:
+        if path not in saved:
+            saved[path] = Path(path).read_bytes() if os.path.exists(path) else None
+        parent = os.path.dirname(path)
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+            made_dirs.append(parent)
+        Path(path).write_text(text)
+
+    with open(ETC_LOCK, "a") as lock:
+        deadline = time.monotonic() + 900  # another test holds it for one container's checkpoint + restore
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{ETC_LOCK} stayed locked")
+                time.sleep(0.1)
+        try:
+            yield write
+        finally:
+            for path, content in saved.items():
+                if content is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+                else:
+                    Path(path).write_bytes(content)
+            for d in reversed(made_dirs):
+                with contextlib.suppress(OSError):
+                    os.rmdir(d)  # only if nothing else was put there meanwhile

@@ -3,8 +3,8 @@
 The engine flow: ``runc create`` (runc makes the netns), the engine puts a macvlan
 into ``/proc/<pid>/ns/net`` and configures it (as CNI does), ``runc start``. runc
 checkpoints over CRIU's RPC, always with ``empty_ns = CLONE_NEWNET``, and passes
-CRIU a config file (annotation ``org.criu.config``) that holds our action script;
-the mappings come from ``$CRIU_MACVLAN_CONFIG`` (the same file). ``runc restore``
+CRIU a config file (annotation ``org.criu.config``) that holds our action script
+and the mappings; the script finds the file from runc itself. ``runc restore``
 makes a new netns in the restored user namespace; our ``setup-namespaces`` creates
 the macvlan in it from the parent's netns and restores L3 before the tasks run.
 """
@@ -38,7 +38,7 @@ SERVE = (
 class Runc:
     """One container (bundle, state root, images) in a 0755 temp dir the mapped uid can read."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], userns: bool = True, annotation: bool = True) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="cmv-runc-"))
         os.chmod(self.dir, 0o755)
         self.id = unique("cmv")
@@ -57,11 +57,13 @@ class Runc:
         config["process"]["args"] = ["/bin/sh", "-c", SERVE]
         config["root"] = {"path": "rootfs", "readonly": False}
         config["mounts"] = [m for m in config["mounts"] if not m["destination"].startswith("/sys")]
-        config["linux"]["namespaces"].append({"type": "user"})
-        mapping = [{"containerID": 0, "hostID": HOST_ID, "size": 65536}]
-        config["linux"]["uidMappings"] = config["linux"]["gidMappings"] = mapping
+        if userns:
+            config["linux"]["namespaces"].append({"type": "user"})
+            mapping = [{"containerID": 0, "hostID": HOST_ID, "size": 65536}]
+            config["linux"]["uidMappings"] = config["linux"]["gidMappings"] = mapping
         self.criu_conf = self.dir / "criu.conf"
-        config["annotations"] = {"org.criu.config": str(self.criu_conf)}
+        if annotation:
+            config["annotations"] = {"org.criu.config": str(self.criu_conf)}
         (self.dir / "config.json").write_text(json.dumps(config))
         self.images = self.dir / "images"
         self.work = self.dir / "work"
@@ -99,9 +101,8 @@ class Runc:
 def container(inet_env: dict[str, str], tmp_path: Path) -> Iterator[Runc]:
     if RUNC is None or not os.path.exists(BUSYBOX):
         pytest.skip("needs runc and busybox-static (make setup)")
-    env = dict(inet_env)
+    env = {k: v for k, v in inet_env.items() if not k.startswith("CRIU_MACVLAN")}
     c = Runc(env)
-    env["CRIU_MACVLAN_CONFIG"] = str(c.criu_conf)
     try:
         yield c
     finally:
