@@ -281,7 +281,10 @@ def test_pre_dump_sweeps_the_dirs_of_dead_helpers(procs: Procs, images: Path) ->
                              check=False)
         assert res.returncode == 0, res.stderr
         ours = Path(warm.runtime_dir(criu_proc.pid))
-        assert (ours / "pid").exists()  # the helper pre-dump left for it
+        deadline = time.monotonic() + 10  # the helper pre-dump left writes its pid file on its own time
+        while not (ours / "pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (ours / "pid").exists()
         assert [p.exists() for p in made] == [False, False, True]
         assert alive(int((ours / "pid").read_text()))
     finally:
