@@ -89,7 +89,11 @@ def record(criu_pid: int, action: str) -> bool:
 def sweep(done: int) -> int:
     """Remove the markers (in directory fd ``done``) of CRIU processes that are gone; how many."""
     removed = 0
-    for name in os.listdir(done):
+    try:
+        names = os.listdir(done)
+    except OSError:
+        return 0
+    for name in names:
         pid, _, rest = name.partition(".")
         start = rest.partition(".")[0]
         if pid.isdigit() and process_start(int(pid)) == start:

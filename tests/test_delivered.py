@@ -157,6 +157,7 @@ def test_process_start_and_marker_names() -> None:
     with open("/proc/self/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[19] == start
     assert delivered.process_start(2**22 + 1) is None  # above pid_max: never a process
+    assert delivered.record(2**22 + 1, "setup-namespaces") is False  # nothing to key a marker on
     assert delivered.marker_name(12, start, "pre-dump") == f"12.{start}.pre-dump"
 
 
