@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 
-.PHONY: setup test unit lint demo proto bench bench-quick fuzz soak clean
+.PHONY: setup test unit lint demo proto bench bench-quick bench-runc fuzz soak clean
 
 setup:                      ## install criu 4.1.1, pycriu, iptables, iproute2; build .venv
 	sh scripts/bootstrap.sh
@@ -23,13 +23,18 @@ proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from image
 	protoc --proto_path=. --python_out=build/proto images/macvlan.proto
 	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
 
-bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; 31 runs, 15 at N=1000; ~16 min) -> benchmarks/results/latest.*
+bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; 31 runs, 15 at N=1000; ~16 min) -> benchmarks/results/latest.*; then bench-runc's part
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench_runc.py -o benchmarks/results
+
+bench-runc: setup          ## runc checkpoint/restore, one macvlan: plugin (cold, serve) vs a no-op script (15 runs, ~1 min) -> benchmarks/results/runc.*
+	$(PY) benchmarks/bench_runc.py -o benchmarks/results
 
 bench-quick: setup         ## smoke check of the benchmark: N=1,10, 3 runs -> /tmp/criu-macvlan-bench-quick/ (the committed results stay)
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'
 	$(PY) benchmarks/bench.py --quick -o /tmp/criu-macvlan-bench-quick
+	$(PY) benchmarks/bench_runc.py --runs 3 -o /tmp/criu-macvlan-bench-quick
 
 clean:
 	rm -rf build .venv .pytest_cache .mypy_cache .ruff_cache

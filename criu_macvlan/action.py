@@ -79,6 +79,11 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             log=log,
         )
         hooks.run(ctx)
+        if env_pid is not None:
+            from . import delivered
+
+            # the shell hook answers a repeated delivery of this action from the marker
+            delivered.record(env_pid, action)
         if action == "pre-dump" and env_pid is not None:
             from . import warm
 

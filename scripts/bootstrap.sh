@@ -3,7 +3,8 @@
 # criu 4.1.1 + python3-pycriu from Debian trixie (pinned low) without moving the
 # system's Python (criu 4.1.1 needs trixie's libc6 >= 2.38; python3-pycriu is pure
 # Python and runs on bookworm's python3 3.11 and python3-protobuf), iptables, iproute2,
-# runc + busybox-static (the user-namespace container tests), gcc (the criu < 4.2
+# runc + busybox-static (the user-namespace container tests), lxc (the LXC tests:
+# its busybox template works offline), gcc (the criu < 4.2
 # socket-option shim, scripts/criu-sockopt-compat.c),
 # and a .venv built from the system python with the project installed editable.
 set -eu
@@ -16,7 +17,7 @@ criu_ok() {
     dpkg --compare-versions "${v:-0}" ge 3.19 || return 1
     [ -d /usr/lib/python3/dist-packages/pycriu ] || return 1
 }
-for bin in iptables ip unshare setsid runc cc; do
+for bin in iptables ip unshare setsid runc lxc-checkpoint cc; do
     command -v "$bin" >/dev/null 2>&1 || need_apt=1
 done
 criu_ok || need_apt=1
@@ -43,7 +44,7 @@ PIN
     fi
     apt-get update -qq
     apt-get install -y -qq iptables iproute2 util-linux python3 python3-venv python3-pip \
-        runc busybox-static gcc libc6-dev >/dev/null
+        runc busybox-static lxc gcc libc6-dev >/dev/null
     if ! criu_ok; then
         # -t trixie for criu and the libraries it links (libc6 and friends) only, and
         # no Recommends: with -t trixie they bring trixie's python3-pycriu, and with it
