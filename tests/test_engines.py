@@ -271,7 +271,7 @@ def test_action_script_bad_engine_input(tmp_path: Path, config: str, message: st
     assert res.returncode == ExitCode.USAGE, res.stderr
     lines = res.stderr.splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("criu-macvlan-action: " + message.format(bundle=b)), lines
+    assert lines[0].startswith("criu-macvlan-action: setup-namespaces: " + message.format(bundle=b)), lines
     # nothing made, nothing left
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["macvlan.img"]
     assert sorted(p.name for p in b.iterdir()) == ["config.json"]
