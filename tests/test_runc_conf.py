@@ -160,7 +160,8 @@ def test_annotation_naming_a_missing_file(
     assert res.returncode != 0
     log = (c.work / "restore.log").read_text()
     ours_lines = [line for line in log.splitlines() if "criu-macvlan-action:" in line]
-    expected = f"criu-macvlan-action: setup-namespaces: org.criu.config in {c.dir}/config.json names {c.criu_conf}, which does not exist"
+    expected = (f"criu-macvlan-action: setup-namespaces: org.criu.config in {c.dir}/config.json names {c.criu_conf}, "
+                "which does not exist")
     assert ours_lines and all(line.endswith(expected) for line in ours_lines), ours_lines
     assert "exited, status=2" in log, log[-2000:]
     assert ours(link_names()) == ours(host_before)  # nothing made on the host
