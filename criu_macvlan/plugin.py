@@ -25,10 +25,10 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import images
+from . import announce, images
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
-from .context import ActionContext
+from .context import ActionContext, Mode
 from .errors import CriuMacvlanError, ImageError, NetlinkError, UsageError
 from .hookspecs import hookimpl
 from .mappings import format_mapping
@@ -55,8 +55,12 @@ def _is_external_netns(ctx: ActionContext, inode: int) -> bool:
 class MacvlanPlugin:
     """Saves and recreates the macvlan links of a dumped tree's network namespace."""
 
-    # network-unlock has work only when a failed dump left a stage behind
-    criu_macvlan_guards: ClassVar[dict[str, str]] = {"network-unlock": images.STAGED}
+    # network-unlock has work only when a failed dump left a stage behind; post-setup-namespaces
+    # only in RPC mode (in action-script mode the shim wakes the announcer setup-namespaces left)
+    criu_macvlan_guards: ClassVar[dict[str, str]] = {
+        "network-unlock": images.STAGED,
+        "post-setup-namespaces": announce.GUARD,
+    }
 
     # ------------------------------------------------------------- dump
 
@@ -150,7 +154,9 @@ class MacvlanPlugin:
                         f"restored tree {pid} is in our own network namespace: the dump had macvlans "
                         "in a netns of its own, restore it into a new one"
                     )
-                restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
+                created = restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
+                if created:
+                    _arm_announce(ctx, target, [link.ifindex for link in created])
             finally:
                 os.close(target)
                 os.close(own)
@@ -159,8 +165,54 @@ class MacvlanPlugin:
                 requests.close()
 
 
+    @hookimpl
+    def criu_post_setup_namespaces(self, ctx: ActionContext) -> None:
+        # Addresses restored, the network still locked, no task runs yet: the first round now.
+        armed = ctx.state.pop(_ANNOUNCE, None)
+        if armed is None:
+            return
+        indexes, schedule = armed
+        try:
+            target = nsutil.open_of_pid(_require_pid(ctx))
+            try:
+                from .netlink import entered
+
+                with entered(target):
+                    links = announce.read_links(indexes)
+                    sock = announce.packet_socket()
+            finally:
+                os.close(target)
+            with sock:
+                for name, error in announce.send_round(sock, links).items():
+                    ctx.log.warning("%s", announce.warning(name, error))
+                announce.repeat_detached(sock, links, schedule)
+            ctx.log.info("announced %s", ", ".join(f"{lk.name} ({lk.what})" for lk in links) or "nothing")
+        except (OSError, CriuMacvlanError) as exc:
+            ctx.log.warning("%s", announce.warning("the restored links", str(exc)))
+
+
+def _arm_announce(ctx: ActionContext, target: int, indexes: list[int]) -> None:
+    """Prepare the announcement of the links just made; never fails the restore."""
+    try:
+        schedule = announce.configured(ctx.announce, os.environ)
+    except UsageError as exc:
+        ctx.log.warning("%s; announcing with the default %s", exc, announce.DEFAULT.spec())
+        schedule = announce.DEFAULT
+    if schedule is None:
+        ctx.log.debug("announce is off")
+    elif ctx.mode is Mode.RPC:
+        ctx.state[_ANNOUNCE] = indexes, schedule
+    else:
+        from .criuconf import criu_pid_from_env
+
+        criu_pid = criu_pid_from_env(os.environ)
+        if criu_pid is None or not announce.arm(criu_pid, target, indexes, schedule):
+            ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
+
+
 # ctx.state keys: what criu_rpc_request prepared (a result, or the error to raise later)
 _READ = "macvlan.read"
+_ANNOUNCE = "macvlan.announce"
 _READER = "macvlan.reader"
 _PLAN = "macvlan.plan"
 _REQUESTS = "macvlan.requests"
@@ -428,8 +480,8 @@ def _same_link(msg: Any, link: pb.macvlan_link) -> bool:
 
 def restore_links(
     plan: list[Planned], target: int, with_l3: bool, ctx: ActionContext, requests: PreparedMacvlans | None = None
-) -> None:
-    """Create every planned link in ``target``; on failure remove the ones made here.
+) -> list[pb.macvlan_link]:
+    """Create every planned link in ``target``; on failure remove the ones made here. The links made.
 
     ``requests``: the plan's requests encoded ahead of time, used when they still
     fit (every link to make, on the same parents).
@@ -479,6 +531,7 @@ def restore_links(
         len(created),
         ", ".join(f"{i.link.name}@{i.parent}" for i in plan),
     )
+    return created
 
 
 def _restore_l3(links: list[pb.macvlan_link], inside: Rtnl) -> None:

@@ -185,6 +185,11 @@ class _Request:
             if work_dir is not None:
                 self.work = open_images(work_dir, "directory").fd
             empty_ns_net = bool(values.pop("empty_ns_net", False))
+            self.announce: str | bool | None = values.pop("announce", None)
+            if self.announce is not None:
+                from .announce import parse
+
+                parse(self.announce)  # a bad value fails before CRIU restores anything
             externals = list(values.pop("external", None) or [])
             self.opts = _pb().criu_opts()
             self.opts.images_dir_fd = self.images.fd
@@ -236,6 +241,7 @@ class _Request:
             mappings=dict(self.mappings),
             externals=list(self.externals),
             empty_ns=self.empty_ns,
+            announce=self.announce,
             log=log,
             state=self.state,
         )
@@ -311,7 +317,11 @@ class Criu:
         self._image_request("PRE_DUMP", images_dir, {**opts, "pid": pid}, None)
 
     def restore(self, images_dir: str, mappings: Mapping[str, str] | None = None, **opts: Any) -> int:
-        """Restore from ``images_dir``; return the restored root pid."""
+        """Restore from ``images_dir``; return the restored root pid.
+
+        ``announce=``: ``False``/``"off"``, ``True``/``"on"`` or ``"rounds=N,interval=MS"``
+        (see docs/announce.md); by default the environment or config file decides.
+        """
         resp = self._image_request("RESTORE", images_dir, opts, mappings, restore=True)
         return int(resp.restore.pid)
 
