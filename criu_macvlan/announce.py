@@ -224,6 +224,10 @@ def send_round(sock: socket.socket, links: list[LinkFrames]) -> dict[str, str]:
     return errors
 
 
+def summary(links: list[LinkFrames]) -> str:
+    return ", ".join(f"{link.name} ({link.what})" for link in links) or "no link (none is up)"
+
+
 def warning(name: str, error: str) -> str:
     return f"cannot announce {name}: {error} (the restore goes on; switches learn its port when it sends)"
 
@@ -325,6 +329,8 @@ def _announcer(path: str, schedule: Schedule, indexes: list[int], pidfd: int, go
         links = read_links(indexes)
         sock = packet_socket()
         lines = [warning(name, err) for name, err in send_round(sock, links).items()]
+        if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
+            lines.append(f"announced {summary(links)}; {len(schedule.delays())} more round(s) from pid {os.getpid()}")
     except Exception as exc:  # never fail the restore: one line, no repeats
         links, lines = [], [warning("the restored links", str(exc))]
     os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))

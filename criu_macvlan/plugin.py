@@ -186,7 +186,7 @@ class MacvlanPlugin:
                 for name, error in announce.send_round(sock, links).items():
                     ctx.log.warning("%s", announce.warning(name, error))
                 announce.repeat_detached(sock, links, schedule)
-            ctx.log.info("announced %s", ", ".join(f"{lk.name} ({lk.what})" for lk in links) or "nothing")
+            ctx.log.info("announced %s", announce.summary(links))
         except (OSError, CriuMacvlanError) as exc:
             ctx.log.warning("%s", announce.warning("the restored links", str(exc)))
 
