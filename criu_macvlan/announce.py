@@ -28,7 +28,6 @@ import select
 import shutil
 import socket
 import struct
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -264,45 +263,92 @@ def _detach(keep: set[int], pid_path: str | None = None) -> bool:
     return True
 
 
-def _repeat(sock: socket.socket, links: list[LinkFrames], schedule: Schedule) -> None:
+def _socket_in(pid: int, pidfd: int) -> socket.socket | None:
+    """A packet socket in the netns of process ``pid`` (``None`` once it exited: ``pidfd``
+    says so, and a recycled pid is never entered). The process stays in its own netns."""
+    from .netlink import entered
+
+    try:
+        ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if select.select([pidfd], [], [], 0)[0]:
+            return None
+        with entered(ns):
+            return packet_socket()
+    finally:
+        os.close(ns)
+
+
+def first_round(pid: int, pidfd: int, indexes: list[int]) -> tuple[list[LinkFrames], dict[str, str]]:
+    """Read the links ``indexes`` of the netns of ``pid`` and send their frames once;
+    the links and each failed link's error."""
+    from .netlink import entered
+
+    sock = _socket_in(pid, pidfd)
+    if sock is None:
+        return [], {}
+    with sock:
+        ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with entered(ns):
+                links = read_links(indexes)
+        finally:
+            os.close(ns)
+        return links, send_round(sock, links)
+
+
+def _repeat(pid: int, pidfd: int, links: list[LinkFrames], schedule: Schedule) -> None:
+    # Between rounds nothing of the netns is held: a tree killed meanwhile takes its
+    # netns and links with it at once (a restore onto the same parent may follow).
     for delay in schedule.delays():
-        time.sleep(delay)
-        if len(send_round(sock, links)) == len(links):
-            break  # every link is gone (a failed restore, or the tree exited)
+        if select.select([pidfd], [], [], delay)[0]:
+            return  # the tree exited
+        sock = _socket_in(pid, pidfd)
+        if sock is None:
+            return
+        with sock:
+            if len(send_round(sock, links)) == len(links):
+                return  # every link is gone
 
 
-def repeat_detached(sock: socket.socket, links: list[LinkFrames], schedule: Schedule) -> None:
-    """Send the rounds after the first from a detached process that keeps only ``sock``."""
+def repeat_detached(pid: int, links: list[LinkFrames], schedule: Schedule) -> None:
+    """Send the rounds after the first from a detached process that holds only a pidfd of ``pid``."""
     if schedule.rounds < 2 or not links:
         return
-    if _detach({sock.fileno()}):  # pragma: no cover - the detached process (tested end to end)
-        try:
-            _repeat(sock, links, schedule)
-        finally:
-            os._exit(0)
+    pidfd = os.pidfd_open(pid)
+    try:
+        if _detach({pidfd}):  # pragma: no cover - the detached process (tested end to end)
+            try:
+                _repeat(pid, pidfd, links, schedule)
+            finally:
+                os._exit(0)
+    finally:
+        os.close(pidfd)
 
 
 def runtime_dir(criu_pid: int) -> str:
     return f"{RUN_DIR}/announce.{criu_pid}"
 
 
-def arm(criu_pid: int, netns_fd: int, indexes: list[int], schedule: Schedule) -> bool:
+def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule) -> bool:
     """Action-script mode: leave a detached announcer for ``post-setup-namespaces`` of CRIU
-    ``criu_pid`` (the shim wakes it, see ``hooks/criu-macvlan-action``). ``False`` if none."""
+    ``criu_pid`` restoring the tree of ``pid`` (the shim wakes it, see
+    ``hooks/criu-macvlan-action``). ``False`` if there is none."""
     path = runtime_dir(criu_pid)
     fds: list[int] = []
     try:
-        fds.append(os.pidfd_open(criu_pid))
+        fds += [os.pidfd_open(criu_pid), os.pidfd_open(pid)]
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         shutil.rmtree(path, ignore_errors=True)  # a dead announcer's of a recycled pid
         os.mkdir(path, 0o700)
         for name in ("go", "done"):
             os.mkfifo(f"{path}/{name}", 0o600)
             fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
-        fds.append(os.dup(netns_fd))
         if _detach(set(fds), f"{path}/pid"):  # pragma: no cover - the detached process (tested end to end)
             try:
-                _announcer(path, schedule, indexes, *fds)
+                _announcer(path, schedule, pid, indexes, *fds)
             finally:
                 shutil.rmtree(path, ignore_errors=True)
                 os._exit(0)
@@ -315,20 +361,18 @@ def arm(criu_pid: int, netns_fd: int, indexes: list[int], schedule: Schedule) ->
     return True
 
 
-def _announcer(path: str, schedule: Schedule, indexes: list[int], pidfd: int, go: int, done: int, netns: int) -> None:
+def _announcer(
+    path: str, schedule: Schedule, pid: int, indexes: list[int], criu: int, tree: int, go: int, done: int
+) -> None:
     """Wait for the shim's ``go`` (or CRIU's end: then nothing to do), send the first round,
     report each link's failure and ``done`` to the shim, then the other rounds."""
-    from .netlink import _setns
-
-    ready, _, _ = select.select([go, pidfd], [], [], WAIT_FOR_GO)
+    ready, _, _ = select.select([go, criu], [], [], WAIT_FOR_GO)
     if go not in ready:
         return
     lines = []
     try:
-        _setns(netns)  # this process has one thread: the whole process moves
-        links = read_links(indexes)
-        sock = packet_socket()
-        lines = [warning(name, err) for name, err in send_round(sock, links).items()]
+        links, errors = first_round(pid, tree, indexes)
+        lines = [warning(name, err) for name, err in errors.items()]
         if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
             lines.append(f"announced {summary(links)}; {len(schedule.delays())} more round(s) from pid {os.getpid()}")
     except Exception as exc:  # never fail the restore: one line, no repeats
@@ -336,4 +380,4 @@ def _announcer(path: str, schedule: Schedule, indexes: list[int], pidfd: int, go
     os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))
     shutil.rmtree(path, ignore_errors=True)
     if links:
-        _repeat(sock, links, schedule)
+        _repeat(pid, tree, links, schedule)

@@ -156,7 +156,7 @@ class MacvlanPlugin:
                     )
                 created = restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
                 if created:
-                    _arm_announce(ctx, target, [link.ifindex for link in created])
+                    _arm_announce(ctx, [link.ifindex for link in created])
             finally:
                 os.close(target)
                 os.close(own)
@@ -173,25 +173,21 @@ class MacvlanPlugin:
             return
         indexes, schedule = armed
         try:
-            target = nsutil.open_of_pid(_require_pid(ctx))
+            pid = _require_pid(ctx)
+            pidfd = os.pidfd_open(pid)
             try:
-                from .netlink import entered
-
-                with entered(target):
-                    links = announce.read_links(indexes)
-                    sock = announce.packet_socket()
+                links, errors = announce.first_round(pid, pidfd, indexes)
             finally:
-                os.close(target)
-            with sock:
-                for name, error in announce.send_round(sock, links).items():
-                    ctx.log.warning("%s", announce.warning(name, error))
-                announce.repeat_detached(sock, links, schedule)
+                os.close(pidfd)
+            for name, error in errors.items():
+                ctx.log.warning("%s", announce.warning(name, error))
+            announce.repeat_detached(pid, links, schedule)
             ctx.log.info("announced %s", announce.summary(links))
         except (OSError, CriuMacvlanError) as exc:
             ctx.log.warning("%s", announce.warning("the restored links", str(exc)))
 
 
-def _arm_announce(ctx: ActionContext, target: int, indexes: list[int]) -> None:
+def _arm_announce(ctx: ActionContext, indexes: list[int]) -> None:
     """Prepare the announcement of the links just made; never fails the restore."""
     try:
         schedule = announce.configured(ctx.announce, os.environ)
@@ -206,7 +202,7 @@ def _arm_announce(ctx: ActionContext, target: int, indexes: list[int]) -> None:
         from .criuconf import criu_pid_from_env
 
         criu_pid = criu_pid_from_env(os.environ)
-        if criu_pid is None or not announce.arm(criu_pid, target, indexes, schedule):
+        if criu_pid is None or not announce.arm(criu_pid, _require_pid(ctx), indexes, schedule):
             ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
 
 
