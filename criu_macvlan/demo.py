@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import images, rpc
+from . import announce, images, rpc
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .errors import CriuError, CriuMacvlanError
@@ -142,6 +141,15 @@ class Lab:
             client.set_up(index)
             client.add_address(index, _addr(CLIENT_IP))
 
+    def switch_port_of(self, mac: str) -> str | None:
+        """The switch port its FDB sends ``mac`` to."""
+        from . import netlink as nl
+
+        with nl.Rtnl(self.switch_fd) as sw:
+            index = nl.fdb_port(sw, mac)
+            msg = sw.link(index=index) if index is not None else None
+        return None if msg is None else str(msg.get_attr("IFLA_IFNAME"))
+
     def nic_index(self, name: str) -> int:
         from . import netlink as nl
 
@@ -174,7 +182,8 @@ def quiet_ipv6() -> None:
     addresses before the iptables rules that lock the connection (criu/net.c,
     prepare_net_ns_second_stage), so a client retransmission arriving in that
     window finds the address but no socket and no lock, and is answered with a
-    RST. Kept quiet, the MAC moves when the demo announces it (see announce()).
+    RST. Kept quiet, the MAC moves when the plugin announces it (docs/announce.md):
+    at post-setup-namespaces, with the connection locked.
     """
     for conf in ("all", "default"):
         with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w", encoding="ascii") as f:
@@ -221,31 +230,6 @@ def service_nic(pid: int) -> pb.macvlan_link:
     if not found:
         raise DemoError(f"process {pid} has no macvlan {IFNAME}")
     return found[0]
-
-
-def announce(pid: int, link: pb.macvlan_link) -> None:
-    """Send a gratuitous ARP from the service's NIC: the switch learns that its MAC is behind host B now.
-
-    Until the switch sees a frame from that MAC on host B's port it forwards the
-    MAC's frames to host A's port, where nothing answers any more. The restored
-    link usually gives itself away soon (IPv6 neighbour discovery when it comes
-    up, TCP's window probe when CRIU ends repair mode), but a migration should
-    not rely on that: it announces the MAC, as QEMU and keepalived do.
-    """
-    from . import netlink as nl
-
-    ip = next(a.address for a in link.addrs if a.family == socket.AF_INET)
-    target = nsutil.open_of_pid(pid)
-    try:
-        with nl.entered(target):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-    finally:
-        os.close(target)
-    with sock:
-        sock.bind((link.name, 0x0806))
-        eth = b"\xff" * 6 + link.address + struct.pack("!H", 0x0806)
-        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + link.address + ip + b"\x00" * 6 + ip
-        sock.send(eth + arp)
 
 
 # -------------------------------------------------------------- processes
@@ -391,22 +375,17 @@ def connect(client_fd: int) -> socket.socket:
 # -------------------------------------------------------------------- criu
 
 
-Announce = Callable[[int], None]
-
-
 @dataclass
 class Criu:
     """How the demo runs CRIU.
 
-    ``dump(pid, dir)``; ``restore(dir, mappings, announce) -> pid`` calls
-    ``announce(pid)`` once the restored NIC is configured (the RPC path from its
-    ``post_restore`` notification, before the service resumes; the CLI path when
-    criu returns).
+    ``dump(pid, dir)``; ``restore(dir, mappings) -> pid``. The plugin announces the
+    restored MAC itself (docs/announce.md), before the service resumes.
     """
 
     name: str
     dump: Callable[[int, Path], None]
-    restore: Callable[[Path, dict[str, str], Announce], int]
+    restore: Callable[[Path, dict[str, str]], int]
 
 
 def action_script() -> str:
@@ -497,39 +476,24 @@ def criu_cli(criu_bin: str, env: dict[str, str]) -> Criu:
     def dump(pid: int, images_dir: Path) -> None:
         run(["dump", "-t", str(pid)], images_dir, "dump.log")
 
-    def restore(images_dir: Path, mappings: dict[str, str], announce: Announce) -> int:
+    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
         pidfile = images_dir / "restored.pid"
         externals = [f"--external=macvlan[{k}]:{v}" for k, v in mappings.items()]
         run(["restore", "-d", "--pidfile", str(pidfile), *externals], images_dir, "restore.log")
-        pid = int(pidfile.read_text())
-        announce(pid)
-        return pid
+        return int(pidfile.read_text())
 
     return Criu("cli", dump, restore)
 
 
-class _Announcer(rpc.Notify):
-    """Our own callback next to the plugin's hooks: announce the MAC as soon as the NIC is back."""
-
-    def __init__(self) -> None:
-        self.announce: Announce | None = None
-
-    def post_restore(self, pid: int) -> None:
-        if self.announce is not None:
-            self.announce(pid)
-
-
 def criu_rpc(criu_bin: str, env: dict[str, str]) -> Criu:
     """criu-macvlan's RPC driver: CRIU's notifications run the plugin hooks in this process."""
-    notify = _Announcer()
-    driver = rpc.Criu(criu_bin=criu_bin, notify=notify)
+    driver = rpc.Criu(criu_bin=criu_bin)
 
     def dump(pid: int, images_dir: Path) -> None:
         with environ(env):
             driver.dump(pid, str(images_dir), tcp_established=True, log_file="dump.log", log_level=4)
 
-    def restore(images_dir: Path, mappings: dict[str, str], announce: Announce) -> int:
-        notify.announce = announce
+    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
         with environ(env):
             return driver.restore(str(images_dir), mappings, tcp_established=True,
                                   log_file="restore.log", log_level=4)
@@ -684,21 +648,20 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         mappings = {IFNAME: lab.nic_b}
         step(f"[5/6] restore on host B: macvlan[{IFNAME}]:{lab.nic_b}")
         check(images_dir, mappings)
+        old_port = lab.switch_port_of(SERVICE_MAC)
         t0 = time.monotonic()
-        announced: list[str] = []
-
-        def announce_moved(pid: int) -> None:
-            announce(pid, service_nic(pid))
-            announced.append(f"{time.monotonic() - t0:.3f}")
-
-        new_pid = criu.restore(images_dir, mappings, announce_moved)
+        new_pid = criu.restore(images_dir, mappings)
         report.restore_ms = _ms(time.monotonic() - t0)
         report.pids.append(new_pid)
         cleanup.callback(kill_and_wait, new_pid)
-        if not announced:
-            raise DemoError("the restored service's MAC was never announced")
-        when = "from the post-restore notification" if criu.name == "rpc" else "after criu returned"
-        detail(f"restored as pid {new_pid} in {report.restore_ms} ms; gratuitous ARP from host B {when}")
+        detail(f"restored as pid {new_pid} in {report.restore_ms} ms")
+        port = lab.switch_port_of(SERVICE_MAC)
+        if port != "port-b":
+            raise DemoError(f"the switch still sends {SERVICE_MAC} to {port or 'no port'}: the MAC was not announced")
+        schedule = announce.configured(None, os.environ) or announce.DEFAULT
+        detail(f"the switch's FDB moved {SERVICE_MAC} from {old_port} to {port}: criu-macvlan announced it "
+               f"before the service resumed (gratuitous ARP at post-setup-namespaces, then {schedule.rounds - 1} "
+               "more rounds; docs/announce.md)")
         after = service_nic(new_pid)
         verify(after, before, lab.nic_index(lab.nic_b), lab.nic_b)
 

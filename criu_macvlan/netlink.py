@@ -909,3 +909,22 @@ def set_master(rtnl: Rtnl, name: str, master: str) -> None:
         rtnl._request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
     except _PyrNetlinkError as exc:
         raise NetlinkError(f"cannot put {name} into {master}: {_errmsg(exc)}") from exc
+
+
+def fdb_port(rtnl: Rtnl, mac: str) -> int | None:
+    """The ifindex of the bridge port the FDB of ``rtnl``'s netns sends ``mac`` to (``None``: not learned)."""
+    from pyroute2.netlink.rtnl import RTM_GETNEIGH, RTM_NEWNEIGH
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    msg = ndmsg()
+    msg["family"] = socket.AF_BRIDGE
+    msg_map = rtnl._sock.marshal.msg_map
+    msg_map[RTM_NEWNEIGH] = ndmsg
+    try:
+        entries = rtnl._request(msg, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP)
+    finally:
+        del msg_map[RTM_NEWNEIGH]
+    for entry in entries:
+        if (entry.get_attr("NDA_LLADDR") or "").lower() == mac.lower() and entry.get_attr("NDA_VLAN") is None:
+            return int(entry["ifindex"])
+    return None

@@ -52,6 +52,10 @@ def test_demo_migrates_the_connection(path: str, tmp_path: Path) -> None:
     assert lines[-1].startswith("demo: SUCCESS: "), lines[-1]
     assert not [line for line in lines[:-1] if line.startswith("demo: SUCCESS") or "FAILED" in line]
     assert data["error"] == "" and data["path"] == path
+    # the plugin announced the MAC (the demo has no frame code of its own): the switch moved it
+    assert any("FDB moved 02:c0:ff:ee:00:02 from port-a to port-b: criu-macvlan announced it" in line
+               for line in lines)
+    assert "AF_PACKET" not in (Path(__file__).parents[1] / "criu_macvlan" / "demo.py").read_text()
 
     # The conversation, as the client saw it: 1..N in order, the service's state intact.
     replies = data["replies"]
