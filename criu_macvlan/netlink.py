@@ -229,6 +229,12 @@ def ip_to_str(family: int, raw: bytes) -> str:
     return socket.inet_ntop(family, raw)
 
 
+def errno_of(exc: NetlinkError) -> int | None:
+    """The kernel's errno behind one of our errors, if the kernel refused something."""
+    cause = exc.__cause__
+    return int(cause.code) if isinstance(cause, _PyrNetlinkError) else None
+
+
 def _errmsg(exc: BaseException) -> str:
     if isinstance(exc, _PyrNetlinkError):
         return f"{os.strerror(exc.code)} (errno {exc.code})"

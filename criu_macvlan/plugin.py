@@ -21,6 +21,7 @@ Restore:
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .netlink import PreparedMacvlans, Rtnl
 
 IFF_UP = 0x1
+PASSTHRU = 8
 NETNS_EXTERNAL_PREFIX = "net["
 
 
@@ -348,6 +350,34 @@ def _prepare_restore(ctx: ActionContext) -> tuple[list[Planned], bool] | None:
     return plan_restore(sidecar, ctx.mappings, ctx), empty
 
 
+def explain_failure(ctx: ActionContext, log_tail: str) -> str:
+    """What a failed restore's CRIU log means for our links, when we can tell; else ``""``.
+
+    CRIU itself brings the links up in a CRIU-managed netns: a MAC already used on
+    the parent fails there, with ``-98 ... Address already in use`` and no name.
+    """
+    if "Address already in use" not in log_tail:
+        return ""
+    from .netlink import Rtnl, mac_to_str
+    from .preflight import clash_text, mac_users
+
+    try:
+        sidecar = images.load(ctx.images.fd)
+        if sidecar is None:
+            return ""
+        plan = [item for item in plan_restore(sidecar, ctx.mappings, ctx) if item.link.mode != PASSTHRU]
+        with Rtnl(None) as host:
+            _resolve_parents(host, plan)
+        for item in plan:
+            mac = mac_to_str(item.link.address)
+            users = mac_users(item.parent_index, mac)
+            if users:
+                return f"{item.link.name}: {clash_text(mac, item.parent, users)}"
+    except CriuMacvlanError:
+        pass
+    return ""
+
+
 def restores_l3_itself(ctx: ActionContext, netdevs: list[str]) -> bool:
     """Whether this restore is in empty-netns mode, so the plugin (not CRIU) restores L3.
 
@@ -514,7 +544,7 @@ def restore_links(
                 if error is not None:
                     raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {error}") from error
             if with_l3:
-                _restore_l3([item.link for item in plan], inside)
+                _restore_l3(plan, inside)
         except BaseException:
             for link in reversed(created):
                 try:
@@ -530,10 +560,22 @@ def restore_links(
     return created
 
 
-def _restore_l3(links: list[pb.macvlan_link], inside: Rtnl) -> None:
-    for link in links:
-        if link.link_flags & IFF_UP:
-            inside.set_up(link.ifindex)
+def _restore_l3(plan: list[Planned], inside: Rtnl) -> None:
+    from .netlink import errno_of, mac_to_str
+
+    links = [item.link for item in plan]
+    for item in plan:
+        if item.link.link_flags & IFF_UP:
+            try:
+                inside.set_up(item.link.ifindex)
+            except NetlinkError as exc:
+                if errno_of(exc) != errno.EADDRINUSE:
+                    raise
+                from .preflight import clash_text, mac_users
+
+                mac = mac_to_str(item.link.address)
+                clash = clash_text(mac, item.parent, mac_users(item.parent_index, mac))
+                raise NetlinkError(f"cannot set macvlan {item.link.name!r} up: {clash}") from exc
     for link in links:
         for addr in link.addrs:
             inside.add_address(link.ifindex, addr)

@@ -420,7 +420,8 @@ class Criu:
                 raise CriuError(f"criu {name}: criu closed the connection{_last_error(tail)}", tail)
             if not resp.success:
                 tail = request.log_tail()
-                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}", tail)
+                why = _explain(request, tail) if restore else ""
+                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}{why}", tail)
             return resp
         finally:
             request.close()
@@ -505,6 +506,14 @@ class _Swrk:
         if self.pid:
             os.waitpid(self.pid, 0)
             self.pid = 0
+
+
+def _explain(request: _Request, tail: str) -> str:
+    """``; <what the failure means for the macvlans>``, when the plugin can tell."""
+    from .plugin import explain_failure
+
+    why = explain_failure(request.context("restore", None), tail)
+    return f"; {why}" if why else ""
 
 
 def _send(sk: socket.socket, msg: Any) -> bool:
