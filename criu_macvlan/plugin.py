@@ -345,9 +345,13 @@ def _prepare_restore(ctx: ActionContext) -> tuple[list[Planned], bool] | None:
             )
         return None
     empty = restores_l3_itself(ctx, netdevs)
+    plan = plan_restore(sidecar, ctx.mappings, ctx)
     if not empty:
         _check_netdev_consistency(sidecar, summaries, ctx.images.path)
-    return plan_restore(sidecar, ctx.mappings, ctx), empty
+        off = {name for s in summaries.values() for name in s.ipv6_off}
+        for item in plan:
+            item.ipv6_off = item.link.name in off
+    return plan, empty
 
 
 def explain_failure(ctx: ActionContext, log_tail: str) -> str:
@@ -453,6 +457,7 @@ class Planned:
         self.link = link
         self.parent = parent
         self.parent_index = 0
+        self.ipv6_off = False  # CRIU will restore it with IPv6 disabled
 
 
 def plan_restore(sidecar: images.Sidecar, mappings: dict[str, str], ctx: ActionContext) -> list[Planned]:
@@ -545,6 +550,8 @@ def restore_links(
                     raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {error}") from error
             if with_l3:
                 _restore_l3(plan, inside)
+            else:
+                _keep_ipv6_off([item.link.name for item in todo if item.ipv6_off], target)
         except BaseException:
             for link in reversed(created):
                 try:
@@ -558,6 +565,29 @@ def restore_links(
         ", ".join(f"{i.link.name}@{i.parent}" for i in plan),
     )
     return created
+
+
+def _keep_ipv6_off(names: list[str], target: int) -> None:
+    """Disable IPv6 on the links ``names`` of netns ``target`` now, as CRIU will.
+
+    CRIU restores a device's sysctls after it sets the device up, and the netns
+    defaults only after setup-namespaces: a link made here would come up with IPv6
+    on for a moment, and its MLD and DAD frames would tell the switches it moved
+    before the connections are locked (and before any announcement).
+    """
+    if not names:
+        return
+    from .netlink import entered
+
+    with entered(target):
+        for name in names:
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="ascii") as f:
+                    f.write("1")
+            except FileNotFoundError:
+                return  # no IPv6 on this host at all
+            except OSError as exc:
+                raise NetlinkError(f"cannot disable IPv6 on macvlan {name!r} as dumped: {exc.strerror}") from exc
 
 
 def _restore_l3(plan: list[Planned], inside: Rtnl) -> None:
