@@ -26,6 +26,7 @@ import pytest
 from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, run, unique
 
 import criu_macvlan
+from criu_macvlan import images as img
 from criu_macvlan import serve
 
 pytestmark = pytest.mark.integration
@@ -175,6 +176,12 @@ def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path
 def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs, images: Path, path: str) -> None:
     sw = Switch(net, procs)
     dump_service(sw, procs, images)
+    # CRIU saved eth0 with IPv6 off: the plugin makes it so at once (no MLD/DAD frame from it either)
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert [img.summarize_netdev(fd, n).ipv6_off for n in img.netdev_images(fd)] == [["eth0"]]
+    finally:
+        os.close(fd)
     new = restore(path, sw, procs, images, announce=False)
     assert alive(new)
     port = sw.port_of_mac()
