@@ -190,8 +190,11 @@ def quiet_ipv6() -> None:
             f.write("1")
 
 
-def give_service_a_nic(pid: int, parent: str) -> None:
-    """A macvlan on ``parent`` inside the service's netns: fixed MAC and IP, default route via the client."""
+def give_service_a_nic(pid: int, parent: str, ifindex: int = 0) -> None:
+    """A macvlan on ``parent`` inside the service's netns: fixed MAC and IP, default route via the client.
+
+    ``ifindex`` 0: the kernel's choice (2, as in a container); native CRIU needs one free on the host.
+    """
     from . import netlink as nl
 
     target = nsutil.open_of_pid(pid)
@@ -199,7 +202,7 @@ def give_service_a_nic(pid: int, parent: str) -> None:
         with nl.entered(target):  # IPv4 only: see quiet_ipv6()
             quiet_ipv6()
         link = pb.macvlan_link(
-            name=IFNAME, ifindex=0, mode=4, address=nl.mac_to_bytes(SERVICE_MAC), mtu=1500, link_flags=0
+            name=IFNAME, ifindex=ifindex, mode=4, address=nl.mac_to_bytes(SERVICE_MAC), mtu=1500, link_flags=0
         )
         with nl.Rtnl(None) as host:
             host.create_macvlan(link, nl.index_of(host, parent), target)
@@ -485,6 +488,29 @@ def criu_cli(criu_bin: str, env: dict[str, str]) -> Criu:
     return Criu("cli", dump, restore)
 
 
+def criu_native(criu_bin: str, env: dict[str, str]) -> Criu:
+    """Plain ``criu`` without criu-macvlan: CRIU dumps and restores the macvlan itself (``--compare``)."""
+
+    def run(args: list[str], images_dir: Path, log: str) -> None:
+        cmd = [criu_bin, *args, "-D", str(images_dir), "-v4", "-o", log, "--tcp-established"]
+        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                             env={**os.environ, **env})
+        if res.returncode != 0:
+            say(_log_tail(images_dir / log))
+            raise DemoError(f"criu {args[0]} failed (exit {res.returncode}), see {images_dir / log}")
+
+    def dump(pid: int, images_dir: Path) -> None:
+        run(["dump", "-t", str(pid)], images_dir, "dump.log")
+
+    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
+        pidfile = images_dir / "restored.pid"
+        externals = [f"--external=macvlan[{k}]:{v}" for k, v in mappings.items()]
+        run(["restore", "-d", "--pidfile", str(pidfile), *externals], images_dir, "restore.log")
+        return int(pidfile.read_text())
+
+    return Criu("native", dump, restore)
+
+
 def criu_rpc(criu_bin: str, env: dict[str, str]) -> Criu:
     """criu-macvlan's RPC driver: CRIU's notifications run the plugin hooks in this process."""
     driver = rpc.Criu(criu_bin=criu_bin)
@@ -560,6 +586,8 @@ class Report:
     dump_ms: float = 0.0
     restore_ms: float = 0.0
     downtime_ms: float = 0.0
+    moved_at_restore: bool = False  # the switch sent the MAC to host B's port when the restore returned
+    ifindex: int = 0  # of the service's macvlan (0: the kernel's choice)
     workdir: str = ""  # images, logs, the compat shim; removed unless --keep
     images_dir: str = ""  # set when kept
     error: str = ""
@@ -605,7 +633,8 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
             cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
         cleanup.callback(lab.teardown)
         env = criu_compat_env(criu_bin, workdir)
-        criu = criu_rpc(criu_bin, env) if report.path == "rpc" else criu_cli(criu_bin, env)
+        criu = {"rpc": criu_rpc, "cli": criu_cli, "native": criu_native}[report.path](criu_bin, env)
+        native = criu.name == "native"
 
         step(f"[1/6] two hosts on one switch: host A's NIC {lab.nic_a}, host B's NIC {lab.nic_b}, "
              f"client {CLIENT_IP} (switch and client in namespaces of their own)")
@@ -615,7 +644,7 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         report.pids.append(pid)
         cleanup.callback(proc.wait)
         cleanup.callback(kill_and_wait, pid)
-        give_service_a_nic(pid, lab.nic_a)
+        give_service_a_nic(pid, lab.nic_a, report.ifindex)
         before = service_nic(pid)
         step(f"[2/6] service {SERVICE.name}: pid {pid} in its own pid+net namespace, "
              f"{IFNAME} {SERVICE_MAC} {SERVICE_IP}/{PREFIX}, macvlan on {before.parent.name} "
@@ -633,7 +662,8 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
 
         images_dir = workdir / "images"
         images_dir.mkdir()
-        step(f"[4/6] checkpoint ({criu.name}): criu dump --tcp-established with criu-macvlan")
+        step(f"[4/6] checkpoint ({criu.name}): criu dump --tcp-established"
+             f"{' (native CRIU, no criu-macvlan)' if native else ' with criu-macvlan'}")
         t0 = time.monotonic()
         last_before = len(client.replies)
         criu.dump(pid, images_dir)
@@ -643,11 +673,13 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         report.freeze_ms = round(stats.get("frozen_time", 0) / 1000, 1)
         detail(f"dumped in {report.dump_ms} ms; the service was frozen for {report.freeze_ms} ms; "
                f"pid {pid} is {'gone' if gone(pid) else 'STILL RUNNING'}")
-        show(images_dir)
+        if not native:
+            show(images_dir)
 
         mappings = {IFNAME: lab.nic_b}
         step(f"[5/6] restore on host B: macvlan[{IFNAME}]:{lab.nic_b}")
-        check(images_dir, mappings)
+        if not native:
+            check(images_dir, mappings)
         old_port = lab.switch_port_of(SERVICE_MAC)
         t0 = time.monotonic()
         new_pid = criu.restore(images_dir, mappings)
@@ -656,12 +688,16 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         cleanup.callback(kill_and_wait, new_pid)
         detail(f"restored as pid {new_pid} in {report.restore_ms} ms")
         port = lab.switch_port_of(SERVICE_MAC)
-        if port != "port-b":
+        report.moved_at_restore = port == "port-b"
+        if native:
+            detail(f"the switch sends {SERVICE_MAC} to {port or 'no port'} (native CRIU announces nothing)")
+        elif port != "port-b":
             raise DemoError(f"the switch still sends {SERVICE_MAC} to {port or 'no port'}: the MAC was not announced")
-        schedule = announce.configured(None, os.environ) or announce.DEFAULT
-        detail(f"the switch's FDB moved {SERVICE_MAC} from {old_port} to {port}: criu-macvlan announced it "
-               f"before the service resumed (gratuitous ARP at post-setup-namespaces, then {schedule.rounds - 1} "
-               "more rounds; docs/announce.md)")
+        else:
+            schedule = announce.configured(None, os.environ) or announce.DEFAULT
+            detail(f"the switch's FDB moved {SERVICE_MAC} from {old_port} to {port}: criu-macvlan announced it "
+                   f"before the service resumed (gratuitous ARP at post-setup-namespaces, then "
+                   f"{schedule.rounds - 1} more rounds; docs/announce.md)")
         after = service_nic(new_pid)
         verify(after, before, lab.nic_index(lab.nic_b), lab.nic_b)
 
@@ -721,7 +757,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criu", default=shutil.which("criu") or "/usr/sbin/criu", help="the criu binary")
     parser.add_argument("--keep", action="store_true", help="keep the images directory and CRIU's logs")
     parser.add_argument("--report", metavar="FILE", help="also write what happened as JSON (for tests)")
+    parser.add_argument("--compare", type=int, metavar="N", help="instead: N migrations per path, alternating "
+                        "criu-macvlan (rpc, cli) and native CRIU; medians of downtime and freeze")
     args = parser.parse_args(argv)
+    if args.compare is not None:
+        from .compare import compare
+
+        return int(compare(args.compare, args.criu, args.report))
 
     report = Report(path=args.path)
     try:
