@@ -17,6 +17,7 @@ import io
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,49 +41,63 @@ def _median(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
+def measure(runs: int, criu_bin: str, progress: Callable[[str], None]) -> dict[str, list[demo.Report]]:
+    """``runs`` migrations per path, the paths alternating in a rotating order; raises
+    :class:`demo.DemoError` (with the failed run's output shown) or :class:`demo.Interrupted`."""
+    reports: dict[str, list[demo.Report]] = {p: [] for p in PATHS}
+    for i in range(runs):
+        for path in PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]:
+            report = demo.Report(path=path, ifindex=free_ifindex())
+            out = io.StringIO()
+            try:
+                with contextlib.redirect_stdout(out):
+                    demo.run(report, criu_bin, False, sys.executable)
+            except (demo.DemoError, CriuMacvlanError, OSError) as exc:
+                sys.stdout.write(out.getvalue())
+                raise demo.DemoError(f"run {i + 1}, {path}: {exc}") from exc
+            reports[path].append(report)
+            progress(f"  run {i + 1} {path:6}: downtime {report.downtime_ms:7.1f} ms, frozen {report.freeze_ms:6.1f} "
+                     f"ms, restore {report.restore_ms:6.1f} ms, switch moved at restore: "
+                     f"{'yes' if report.moved_at_restore else 'no'}")
+    return reports
+
+
+def table(reports: dict[str, list[demo.Report]]) -> list[str]:
+    """Medians (min-max) per path, and each path's downtime against native's."""
+    native = statistics.median(r.downtime_ms for r in reports["native"])
+    lines = [f"{'path':7} {'client-observed downtime':26} {'frozen':22} {'restore':22} downtime vs native"]
+    for path, rs in reports.items():
+        downtime = [r.downtime_ms for r in rs]
+        lines.append(f"{path:7} {_median(downtime):26} {_median([r.freeze_ms for r in rs]):22} "
+                     f"{_median([r.restore_ms for r in rs]):22} {statistics.median(downtime) / native:.2f}x")
+    return lines
+
+
 def compare(runs: int, criu_bin: str, report_path: str | None) -> int:
     if runs < 1:
         demo.say("demo: FAILED: --compare needs at least 1 run per path")
         return 1
-    reports: dict[str, list[demo.Report]] = {p: [] for p in PATHS}
+    reports: dict[str, list[demo.Report]] = {}
     error = ""
     demo.say(f"compare: {runs} migration(s) per path, paths alternating ({', '.join(PATHS)}); "
              "each is the whole demo, output hidden")
     try:
         with demo.signals_raise():
-            for i in range(runs):
-                order = PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]
-                for path in order:
-                    report = demo.Report(path=path, ifindex=free_ifindex())
-                    out = io.StringIO()
-                    try:
-                        with contextlib.redirect_stdout(out):
-                            demo.run(report, criu_bin, False, sys.executable)
-                    except (demo.DemoError, CriuMacvlanError, OSError) as exc:
-                        sys.stdout.write(out.getvalue())
-                        raise demo.DemoError(f"run {i + 1}, {path}: {exc}") from exc
-                    reports[path].append(report)
-                    demo.say(f"  run {i + 1} {path:6}: downtime {report.downtime_ms:7.1f} ms, frozen "
-                             f"{report.freeze_ms:6.1f} ms, restore {report.restore_ms:6.1f} ms, switch moved "
-                             f"at restore: {'yes' if report.moved_at_restore else 'no'}")
+            reports = measure(runs, criu_bin, demo.say)
     except demo.DemoError as exc:
         error = str(exc)
     except demo.Interrupted as exc:
         error = f"interrupted by {exc}"
-    summary = _summary(reports) if not error else {}
+    summary = summarize(reports) if not error else {}
     if report_path:
         data = {"runs": {p: [asdict(r) for r in rs] for p, rs in reports.items()}, "summary": summary, "error": error}
         Path(report_path).write_text(json.dumps(data, indent=1))
     if error:
         demo.say(f"demo: FAILED: {error}")
         return 1
-    native = statistics.median(r.downtime_ms for r in reports["native"])
     demo.say("medians (min-max) in ms:")
-    demo.say(f"{'path':7} {'client-observed downtime':26} {'frozen':22} {'restore':22} downtime vs native")
-    for path, rs in reports.items():
-        downtime = [r.downtime_ms for r in rs]
-        demo.say(f"{path:7} {_median(downtime):26} {_median([r.freeze_ms for r in rs]):22} "
-                 f"{_median([r.restore_ms for r in rs]):22} {statistics.median(downtime) / native:.2f}x")
+    for line in table(reports):
+        demo.say(line)
     ratio = summary["rpc_downtime_ratio"]
     verdict = "met" if ratio <= TARGET else "NOT met"
     demo.say(f"demo: SUCCESS: criu-macvlan over RPC: {ratio:.2f}x native CRIU's client-observed downtime "
@@ -90,7 +105,7 @@ def compare(runs: int, criu_bin: str, report_path: str | None) -> int:
     return 0
 
 
-def _summary(reports: dict[str, list[demo.Report]]) -> dict[str, float]:
+def summarize(reports: dict[str, list[demo.Report]]) -> dict[str, float]:
     med = {p: statistics.median(r.downtime_ms for r in rs) for p, rs in reports.items()}
     return {
         **{f"{p}_downtime_ms": v for p, v in med.items()},
