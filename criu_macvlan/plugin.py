@@ -166,7 +166,6 @@ class MacvlanPlugin:
             if requests is not None:
                 requests.close()
 
-
     @hookimpl
     def criu_post_setup_namespaces(self, ctx: ActionContext) -> None:
         # Addresses restored, the network still locked, no task runs yet: the first round now.
