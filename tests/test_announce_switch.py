@@ -239,3 +239,24 @@ def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path) -> Non
         assert min(seen.count(sw.mac, SERVICE, SERVICE_V6, rounds=5)) >= 5
     finally:
         seen.close()
+
+
+def test_a_bad_setting_warns_once_and_announces_with_the_defaults(net: Net, procs: Procs, images: Path) -> None:
+    sw = Switch(net, procs)
+    dump_service(sw, procs, images)
+    pidfile = images / "restored.pid"
+    criu("restore", "-d", "--pidfile", str(pidfile), *SCRIPT, f"--external=macvlan[eth0]:{sw.b}",
+         images=images, log="restore.log", env={**os.environ, "CRIU_MACVLAN_ANNOUNCE": "loudly"})
+    procs.adopt(int(pidfile.read_text()))
+    warnings = [line for line in (images / "restore.log").read_text().splitlines() if "loudly" in line]
+    assert warnings == ["criu-macvlan-action: $CRIU_MACVLAN_ANNOUNCE: bad value 'loudly': expected off, on, or "
+                        "rounds=N,interval=MS[,step=MS][,max=MS] (rounds <= 100, times <= 60000 ms); announcing "
+                        "with the default rounds=5,interval=50,step=100,max=550"]
+    assert sw.port_of_mac() == sw.b + "p"
+
+
+def test_a_bad_setting_from_the_cli_is_a_usage_error(tmp_path: Path) -> None:
+    res = run(str(CLI), "restore", "-D", str(tmp_path), "--macvlan", "eth0:lo", "--announce", "rounds=x", check=False)
+    assert res.returncode == 2
+    assert res.stderr == ("criu-macvlan: announce: bad value 'rounds=x': expected off, on, or "
+                          "rounds=N,interval=MS[,step=MS][,max=MS] (rounds <= 100, times <= 60000 ms)\n")
