@@ -28,6 +28,8 @@ import select
 import shutil
 import socket
 import struct
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -281,22 +283,36 @@ def _socket_in(pid: int, pidfd: int) -> socket.socket | None:
         os.close(ns)
 
 
-def first_round(pid: int, pidfd: int, indexes: list[int]) -> tuple[list[LinkFrames], dict[str, str]]:
-    """Read the links ``indexes`` of the netns of ``pid`` and send their frames once;
-    the links and each failed link's error."""
+def first_round(pid: int, pidfd: int, indexes: list[int], known: list[LinkFrames] | None = None
+                ) -> tuple[list[LinkFrames], dict[str, str], socket.socket | None]:
+    """Send the frames of the links ``indexes`` of the netns of ``pid`` once: ``known``, or
+    built from the links' addresses now. The links, each failed link's error, and the socket:
+    the caller closes it when it no longer waits (closing a packet socket waits for an RCU
+    grace period, milliseconds)."""
     from .netlink import entered
 
     sock = _socket_in(pid, pidfd)
     if sock is None:
-        return [], {}
-    with sock:
-        ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            with entered(ns):
-                links = read_links(indexes)
-        finally:
-            os.close(ns)
-        return links, send_round(sock, links)
+        return [], {}, None
+    try:
+        links = known
+        if links is None:
+            ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with entered(ns):
+                    links = read_links(indexes)
+            finally:
+                os.close(ns)
+        return links, send_round(sock, links), sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def close_later(sock: socket.socket | None) -> None:
+    """Close ``sock`` in a thread of its own: nobody waits for the grace period."""
+    if sock is not None:
+        threading.Thread(target=sock.close, name="criu-macvlan-announce-close", daemon=True).start()
 
 
 def _repeat(pid: int, pidfd: int, links: list[LinkFrames], schedule: Schedule) -> None:
@@ -328,11 +344,65 @@ def repeat_detached(pid: int, links: list[LinkFrames], schedule: Schedule) -> No
         os.close(pidfd)
 
 
+class Repeater:
+    """RPC mode: the detached process of the later rounds, forked ahead (while CRIU starts), so that
+    ``post-setup-namespaces`` only writes to a pipe. It waits for :meth:`go` (the tree and the
+    frames), or for the pipe's end (a failed restore: nothing to do), at most :data:`WAIT_FOR_GO`."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        rd, self._wr = os.pipe()
+        try:
+            if _detach({rd}):  # pragma: no cover - the detached process (tested end to end)
+                try:
+                    _wait_and_repeat(rd, schedule)
+                finally:
+                    os._exit(0)
+        finally:
+            os.close(rd)
+
+    def go(self, pid: int, links: list[LinkFrames]) -> None:
+        lines = [str(pid), *(f"{link.name} {' '.join(f.hex() for f in link.frames)}" for link in links)]
+        try:
+            with open(self._wr, "w", encoding="ascii", closefd=False) as f:
+                f.write("\n".join(lines) + "\n")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._wr >= 0:
+            os.close(self._wr)
+            self._wr = -1
+
+    def __del__(self) -> None:  # a restore that failed before post-setup-namespaces: the process goes
+        self.close()
+
+
+def _wait_and_repeat(rd: int, schedule: Schedule) -> None:
+    data = b""
+    deadline = time.monotonic() + WAIT_FOR_GO
+    while select.select([rd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(rd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    lines = data.decode("ascii", "replace").splitlines()
+    if not lines or not lines[0].isdigit():
+        return
+    links = [LinkFrames(name, [bytes.fromhex(f) for f in frames.split()], "")
+             for name, _, frames in (line.partition(" ") for line in lines[1:])]
+    pid = int(lines[0])
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    _repeat(pid, pidfd, links, schedule)
+
+
 def runtime_dir(criu_pid: int) -> str:
     return f"{RUN_DIR}/announce.{criu_pid}"
 
 
-def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule) -> bool:
+def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: list[LinkFrames] | None) -> bool:
     """Action-script mode: leave a detached announcer for ``post-setup-namespaces`` of CRIU
     ``criu_pid`` restoring the tree of ``pid`` (the shim wakes it, see
     ``hooks/criu-macvlan-action``). ``False`` if there is none."""
@@ -348,7 +418,7 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule) -> bool
             fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
         if _detach(set(fds), f"{path}/pid"):  # pragma: no cover - the detached process (tested end to end)
             try:
-                _announcer(path, schedule, pid, indexes, *fds)
+                _announcer(path, schedule, pid, indexes, known, *fds)
             finally:
                 shutil.rmtree(path, ignore_errors=True)
                 os._exit(0)
@@ -361,23 +431,25 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule) -> bool
     return True
 
 
-def _announcer(
-    path: str, schedule: Schedule, pid: int, indexes: list[int], criu: int, tree: int, go: int, done: int
-) -> None:
+def _announcer(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
+               criu: int, tree: int, go: int, done: int) -> None:
     """Wait for the shim's ``go`` (or CRIU's end: then nothing to do), send the first round,
     report each link's failure and ``done`` to the shim, then the other rounds."""
     ready, _, _ = select.select([go, criu], [], [], WAIT_FOR_GO)
     if go not in ready:
         return
     lines = []
+    sock = None
     try:
-        links, errors = first_round(pid, tree, indexes)
+        links, errors, sock = first_round(pid, tree, indexes, known)
         lines = [warning(name, err) for name, err in errors.items()]
         if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
             lines.append(f"announced {summary(links)}; {len(schedule.delays())} more round(s) from pid {os.getpid()}")
     except Exception as exc:  # never fail the restore: one line, no repeats
         links, lines = [], [warning("the restored links", str(exc))]
     os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))
+    if sock is not None:
+        sock.close()  # the shim no longer waits
     shutil.rmtree(path, ignore_errors=True)
     if links:
         _repeat(pid, tree, links, schedule)

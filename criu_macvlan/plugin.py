@@ -21,8 +21,10 @@ Restore:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import socket
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -79,6 +81,11 @@ class MacvlanPlugin:
                 ctx.state[_PLAN] = todo
                 if todo is not None:
                     ctx.state[_REQUESTS] = _encode_ahead(todo[0])
+                    ctx.state[_FRAMES] = _image_frames([item.link for item in todo[0]])
+                    schedule = ctx.state[_SCHEDULE] = _schedule(ctx)
+                    if schedule is not None and schedule.rounds > 1:
+                        with contextlib.suppress(OSError):  # else post-setup-namespaces forks it
+                            ctx.state[_REPEATER] = announce.Repeater(schedule)  # now, not while CRIU waits
         except CriuMacvlanError as exc:
             ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
 
@@ -158,7 +165,7 @@ class MacvlanPlugin:
                     )
                 created = restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
                 if created:
-                    _arm_announce(ctx, [link.ifindex for link in created])
+                    _arm_announce(ctx, created)
             finally:
                 os.close(target)
                 os.close(own)
@@ -177,24 +184,49 @@ class MacvlanPlugin:
             pid = _require_pid(ctx)
             pidfd = os.pidfd_open(pid)
             try:
-                links, errors = announce.first_round(pid, pidfd, indexes)
+                links, errors, sock = announce.first_round(pid, pidfd, indexes, ctx.state.pop(_FRAMES, None))
             finally:
                 os.close(pidfd)
+            announce.close_later(sock)
             for name, error in errors.items():
                 ctx.log.warning("%s", announce.warning(name, error))
-            announce.repeat_detached(pid, links, schedule)
+            repeater = ctx.state.pop(_REPEATER, None)
+            if repeater is not None:
+                repeater.go(pid, links)
+            else:
+                announce.repeat_detached(pid, links, schedule)
             ctx.log.info("announced %s", announce.summary(links))
         except (OSError, CriuMacvlanError) as exc:
             ctx.log.warning("%s", announce.warning("the restored links", str(exc)))
 
 
-def _arm_announce(ctx: ActionContext, indexes: list[int]) -> None:
-    """Prepare the announcement of the links just made; never fails the restore."""
+def _image_frames(links: list[pb.macvlan_link]) -> list[announce.LinkFrames] | None:
+    """The frames of the links that are up, from the images alone, made before CRIU needs them;
+    ``None`` when a link has IPv6 addresses: whether they are still tentative after the restore
+    (no advertisement then) is known only from the restored netns."""
+    if any(a.family == socket.AF_INET6 for link in links for a in link.addrs):
+        return None
+    result = []
+    for link in links:
+        if link.link_flags & IFF_UP:
+            frames, what = announce.frames_for(link.address, [a.address for a in link.addrs], [])
+            result.append(announce.LinkFrames(link.name, frames, what))
+    return result
+
+
+def _schedule(ctx: ActionContext) -> announce.Schedule | None:
+    """The announce schedule of this restore (``None``: off); a bad setting is a warning."""
     try:
-        schedule = announce.configured(ctx.announce, os.environ)
+        return announce.configured(ctx.announce, os.environ)
     except UsageError as exc:
         ctx.log.warning("%s; announcing with the default %s", exc, announce.DEFAULT.spec())
-        schedule = announce.DEFAULT
+        return announce.DEFAULT
+
+
+def _arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
+    """Prepare the announcement of the links just made; never fails the restore."""
+    indexes = [link.ifindex for link in created]
+    schedule = ctx.state.pop(_SCHEDULE) if _SCHEDULE in ctx.state else _schedule(ctx)
     if schedule is None:
         ctx.log.debug("announce is off")
     elif ctx.mode is Mode.RPC:
@@ -203,13 +235,17 @@ def _arm_announce(ctx: ActionContext, indexes: list[int]) -> None:
         from .criuconf import criu_pid_from_env
 
         criu_pid = criu_pid_from_env(os.environ)
-        if criu_pid is None or not announce.arm(criu_pid, _require_pid(ctx), indexes, schedule):
+        known = _image_frames(created)
+        if criu_pid is None or not announce.arm(criu_pid, _require_pid(ctx), indexes, schedule, known):
             ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
 
 
 # ctx.state keys: what criu_rpc_request prepared (a result, or the error to raise later)
 _READ = "macvlan.read"
 _ANNOUNCE = "macvlan.announce"
+_REPEATER = "macvlan.repeater"
+_SCHEDULE = "macvlan.schedule"
+_FRAMES = "macvlan.frames"
 _READER = "macvlan.reader"
 _PLAN = "macvlan.plan"
 _REQUESTS = "macvlan.requests"
