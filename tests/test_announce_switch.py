@@ -97,23 +97,30 @@ class Switch:
         return res.returncode == 0
 
 
-def dump_service(sw: Switch, procs: Procs, images: Path, *extra: str, ipv6: bool = False) -> None:
+def dump_service(sw: Switch, procs: Procs, images: Path, *extra: str, ipv6: bool = False,
+                 bare: str | None = None) -> None:
+    """The service on A, dumped; ``bare``: the MAC of a second macvlan, eth1, up without addresses."""
     pid = sw.service(procs, ipv6)
+    if bare:
+        Net().macvlan_into(pid, "eth1", sw.a, "mode", "bridge")
+        run("nsenter", "-t", str(pid), "-n", "sysctl", "-qw", "net.ipv6.conf.eth1.disable_ipv6=1")  # no link-local
+        ip("link", "set", "eth1", "address", bare, "up", pid=pid)
     assert sw.ping()  # the switch learns the service's MAC behind A's port
     assert sw.port_of_mac() == sw.a + "p"
     criu("dump", "-t", str(pid), *SCRIPT, *extra, images=images, log="dump.log")
     assert not alive(pid)
 
 
-def restore(path: str, sw: Switch, procs: Procs, images: Path, announce: bool = True, empty: bool = False) -> int:
-    """Restore on B through ``path``; the restored pid once the restore returned."""
+def restore(path: str, sw: Switch, procs: Procs, images: Path, announce: bool = True, empty: bool = False,
+            links: tuple[str, ...] = ("eth0",)) -> int:
+    """Restore ``links`` on B through ``path``; the restored pid once the restore returned."""
     pidfile = images / "restored.pid"
     env = {**os.environ, "CRIU_MACVLAN_DEBUG": "1"}
     if not announce:
         env["CRIU_MACVLAN_ANNOUNCE"] = "off"
     ns = ["--empty-ns", "net"] if empty else []
     if path == "rpc":
-        pid = criu_macvlan.restore(str(images), {"eth0": sw.b}, announce=announce, log_file="restore.log",
+        pid = criu_macvlan.restore(str(images), dict.fromkeys(links, sw.b), announce=announce, log_file="restore.log",
                                    empty_ns_net=empty)
         return procs.adopt(pid)
     if path == "cli":
@@ -121,7 +128,8 @@ def restore(path: str, sw: Switch, procs: Procs, images: Path, announce: bool = 
                   *([] if announce else ["--no-announce"]), check=False)
         assert res.returncode == 0, res.stderr
         return procs.adopt(int(res.stdout))
-    res = criu("restore", "-d", "--pidfile", str(pidfile), *SCRIPT, f"--external=macvlan[eth0]:{sw.b}", *ns,
+    externals = [f"--external=macvlan[{name}]:{sw.b}" for name in links]
+    res = criu("restore", "-d", "--pidfile", str(pidfile), *SCRIPT, *externals, *ns,
                images=images, log="restore.log", env=env)
     assert res.returncode == 0
     assert "cannot announce" not in (images / "restore.log").read_text()
@@ -189,7 +197,7 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
 
 
 class Announcements:
-    """Counts the announcements of one MAC that cross a bridge port of the host's netns."""
+    """Counts the announcements that cross a bridge port of the host's netns."""
 
     def __init__(self, ifname: str) -> None:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
@@ -198,45 +206,50 @@ class Announcements:
     def close(self) -> None:
         self.sock.close()
 
-    def count(self, mac: str, v4: str, v6: str | None, rounds: int, timeout: float = 20) -> tuple[int, int, int]:
-        """(ARP requests, ARP replies, NAs) for ``v4``/``v6`` from ``mac``, read until each reached
-        ``rounds`` (NAs only with ``v6``) or ``timeout`` passed."""
+    def count(self, mac: str, v4: str, v6: str | None, rounds: int, bare: str | None = None,
+              timeout: float = 20) -> dict[str, int]:
+        """ARP requests and replies for ``v4`` and NAs for ``v6`` from ``mac``, and the frames of a link
+        without addresses from ``bare``: read until each expected kind reached ``rounds``, or ``timeout``."""
         src = bytes.fromhex(mac.replace(":", ""))
+        other = bytes.fromhex(bare.replace(":", "")) if bare else None
         ip4 = socket.inet_pton(socket.AF_INET, v4)
         ip6 = socket.inet_pton(socket.AF_INET6, v6) if v6 else None
-        requests = replies = nas = 0
+        seen = {"request": 0, "reply": 0} | ({"na": 0} if ip6 else {}) | ({"hello": 0} if other else {})
         deadline = time.monotonic() + timeout
-        while min(requests, replies, nas if ip6 else rounds) < rounds and time.monotonic() < deadline:
+        while min(seen.values()) < rounds and time.monotonic() < deadline:
             if not select.select([self.sock], [], [], 0.5)[0]:
                 continue
             frame = self.sock.recv(65535)
+            if other and frame[6:12] == other and frame[12:14] == b"\x88\xb5" and frame[:6] == b"\xff" * 6:
+                seen["hello"] += 1
             if frame[6:12] != src:
                 continue
             if frame[12:14] == b"\x08\x06" and frame[28:32] == ip4 == frame[38:42]:
-                op = struct.unpack("!H", frame[20:22])[0]
-                requests += op == 1
-                replies += op == 2
+                seen["request" if struct.unpack("!H", frame[20:22])[0] == 1 else "reply"] += 1
             elif ip6 and frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136 and frame[62:78] == ip6:
                 assert frame[21] == 255 and frame[58] & 0x20  # hop limit 255, override
-                nas += 1
-        return requests, replies, nas
+                seen["na"] += 1
+        return seen
 
 
-def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path) -> None:
-    """IPv6 on: GARP request and reply for the IPv4 address and an NA for the IPv6 one, five rounds,
-    from a process that keeps no fd of the images directory."""
+@pytest.mark.parametrize("path", ["action-script", "rpc"])
+def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path, path: str) -> None:
+    """IPv6 on: GARP request and reply for the IPv4 address and an NA for the IPv6 one, one frame for a
+    link without addresses, five rounds, from a process that keeps no fd of the images directory."""
     sw = Switch(net, procs)
-    dump_service(sw, procs, images, ipv6=True)
+    bare = "02:c0:ff:ee:ba:5e"
+    dump_service(sw, procs, images, ipv6=True, bare=bare)
     seen = Announcements(sw.b + "p")
     try:
-        restore("action-script", sw, procs, images)
+        restore(path, sw, procs, images, links=("eth0", "eth1"))
         holders = []
         for fd in Path("/proc").glob("[0-9]*/fd/*"):
             with contextlib.suppress(OSError):
                 if os.readlink(fd).startswith(str(images)):
                     holders.append(str(fd))
-        assert holders == []  # CRIU is gone, and the announcer never had the images dir
-        assert min(seen.count(sw.mac, SERVICE, SERVICE_V6, rounds=5)) >= 5
+        assert holders == []  # CRIU is gone, and the announcers never had the images dir
+        counts = seen.count(sw.mac, SERVICE, SERVICE_V6, rounds=5, bare=bare)
+        assert min(counts.values()) >= 5, counts
     finally:
         seen.close()
 

@@ -146,7 +146,8 @@ def test_runc_userns_checkpoint_restore(net: Net, procs: Procs, container: Runc)
             "restore", "-d", "--image-path", str(container.images), "--work-path", str(container.work), container.id
         )
         # the plugin announced the MAC on B: gratuitous ARP (request, reply) and NA, round after round
-        assert min(seen.count(before["address"], V4, V6, rounds=2)) >= 2
+        counts = seen.count(before["address"], V4, V6, rounds=2)
+        assert min(counts.values()) >= 2, counts
     finally:
         seen.close()
     new = container.pid()
