@@ -179,12 +179,15 @@ class MacvlanPlugin:
         armed = ctx.state.pop(_ANNOUNCE, None)
         if armed is None:
             return
-        indexes, schedule = armed
+        indexes, names, schedule = armed
+        known = ctx.state.pop(_FRAMES, None)
+        if known is not None:
+            known = [link for link in known if link.name in names]  # the links this restore made
         try:
             pid = _require_pid(ctx)
             pidfd = os.pidfd_open(pid)
             try:
-                links, errors, sock = announce.first_round(pid, pidfd, indexes, ctx.state.pop(_FRAMES, None))
+                links, errors, sock = announce.first_round(pid, pidfd, indexes, known)
             finally:
                 os.close(pidfd)
             announce.close_later(sock)
@@ -230,7 +233,7 @@ def _arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
     if schedule is None:
         ctx.log.debug("announce is off")
     elif ctx.mode is Mode.RPC:
-        ctx.state[_ANNOUNCE] = indexes, schedule
+        ctx.state[_ANNOUNCE] = indexes, {link.name for link in created}, schedule
     else:
         from .criuconf import criu_pid_from_env
 
