@@ -28,7 +28,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import announce, images
+from . import announce, announcer, images
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .context import ActionContext, Mode
@@ -85,7 +85,7 @@ class MacvlanPlugin:
                     schedule = ctx.state[_SCHEDULE] = _schedule(ctx)
                     if schedule is not None and schedule.rounds > 1:
                         with contextlib.suppress(OSError):  # else post-setup-namespaces forks it
-                            ctx.state[_REPEATER] = announce.Repeater(schedule)  # now, not while CRIU waits
+                            ctx.state[_REPEATER] = announcer.Repeater(schedule)  # now, not while CRIU waits
         except CriuMacvlanError as exc:
             ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
 
@@ -187,17 +187,17 @@ class MacvlanPlugin:
             pid = _require_pid(ctx)
             pidfd = os.pidfd_open(pid)
             try:
-                links, errors, sock = announce.first_round(pid, pidfd, indexes, known)
+                links, errors, sock = announcer.first_round(pid, pidfd, indexes, known)
             finally:
                 os.close(pidfd)
-            announce.close_later(sock)
+            announcer.close_later(sock)
             for name, error in errors.items():
                 ctx.log.warning("%s", announce.warning(name, error))
             repeater = ctx.state.pop(_REPEATER, None)
             if repeater is not None:
                 repeater.go(pid, links)
             else:
-                announce.repeat_detached(pid, links, schedule)
+                announcer.repeat_detached(pid, links, schedule)
             ctx.log.info("announced %s", announce.summary(links))
         except (OSError, CriuMacvlanError) as exc:
             ctx.log.warning("%s", announce.warning("the restored links", str(exc)))
@@ -239,7 +239,7 @@ def _arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
 
         criu_pid = criu_pid_from_env(os.environ)
         known = _image_frames(created)
-        if criu_pid is None or not announce.arm(criu_pid, _require_pid(ctx), indexes, schedule, known):
+        if criu_pid is None or not announcer.arm(criu_pid, _require_pid(ctx), indexes, schedule, known):
             ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
 
 
