@@ -747,6 +747,29 @@ def build_targets(samples: Sample, hooks: dict[str, dict[str, HookStats]]) -> li
     return out
 
 
+DOWNTIME_RUNS = 5  # demo migrations per path in a full run (and a quick one)
+
+
+def measure_downtime(runs: int) -> dict[str, Any]:
+    """The demo's live migration, criu-macvlan (RPC, action script) vs native CRIU, alternating: medians of
+    the client-observed downtime and the frozen time (``python -m criu_macvlan.demo --compare``)."""
+    from criu_macvlan import compare
+
+    log(f"downtime: the demo's migration, {runs} run(s) per path ({', '.join(compare.PATHS)})")
+    reports = compare.measure(runs, shutil.which("criu") or "criu", log)
+    return {"runs": runs, "summary": compare.summarize(reports), "table": compare.table(reports),
+            "samples": {p: [[r.downtime_ms, r.freeze_ms, r.restore_ms] for r in rs] for p, rs in reports.items()}}
+
+
+def downtime_targets(downtime: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if downtime is None:
+        return []
+    s = downtime["summary"]
+    return [target("client-observed downtime over RPC (the demo's migration)", s["rpc_downtime_ratio"], 1.1,
+                   "x native", f"ours {s['rpc_downtime_ms']:.1f} ms, native {s['native_downtime_ms']:.1f} ms, "
+                   f"medians of {downtime['runs']}")]
+
+
 def build_bounds(samples: Sample) -> list[dict[str, Any]]:
     """What no design that starts Python cold can beat on this machine, measured in the same alternation as the
     paths: a cold action script costs at least native + the cold imports; a cold CLI, that less CRIU's time to its
@@ -810,6 +833,15 @@ def render_md(data: dict[str, Any]) -> str:
                   "| bound | value |", "|---|---|"]
         for b in data["bounds"]:
             lines.append(f"| {b['bound']} | {b['value']:.3f} {b['unit']} ({b['detail']}) |")
+    if data.get("downtime"):
+        d = data["downtime"]
+        lines += ["", "## Downtime (the demo's live migration)", "",
+                  f"`python -m criu_macvlan.demo --compare {d['runs']}`: the demo's TCP service moved from host A's "
+                  "NIC to host B's, criu-macvlan over RPC (`rpc`) and with the action script (`cli`) vs native "
+                  "CRIU (the service's macvlan gets an ifindex free on the host, so that native CRIU can restore "
+                  "it); paths alternating. Client-observed downtime: the longest wait for a reply over the one "
+                  "TCP connection (it moves in steps of the client's TCP retransmission timeout). "
+                  "Medians (min-max), ms:", "", "```", *d["table"], "```"]
     titles = {"inproc": "In-process (one Python process, RPC)", "cmdline": "Command line (whole processes)"}
     for group in ("inproc", "cmdline"):
         rows = [r for r in data["rows"] if r["group"] == group]
@@ -916,6 +948,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         for s, h in previous.items():
             signal.signal(s, h)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    downtime = measure_downtime(max(DOWNTIME_RUNS, runs) if warmup else runs) if "downtime" in groups else None
     hook_rows = [
         {"action": label, "n": int(n), **summary(st.wall), "rss_max": max(st.rss, default=None), "wall": st.wall,
          "rss": st.rss}
@@ -927,7 +960,8 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         "config": {"ns": ns, "runs": runs, "runs_small_n": small_runs, "groups": groups,
                    "seconds": round(time.monotonic() - started, 1)},
         "native_restore_error": native_error,
-        "targets": build_targets(samples, hooks),
+        "targets": build_targets(samples, hooks) + downtime_targets(downtime),
+        "downtime": downtime,
         "bounds": build_bounds(samples),
         "rows": build_rows(samples),
         "hooks": hook_rows,
@@ -952,7 +986,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-r", "--runs", type=int, help="runs per path")
     ap.add_argument("--runs-small", type=int,
                     help=f"runs per path at N <= {SMALL_N} (default: 31 in a full run, else --runs)")
-    ap.add_argument("-g", "--groups", default="inproc,cmdline,actions", help="inproc,cmdline,actions")
+    ap.add_argument("-g", "--groups", default="inproc,cmdline,actions,downtime", help="inproc,cmdline,actions,downtime")
     ap.add_argument("-o", "--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     ns, runs, small_runs, warmup = [1, 10, 100, 1000], 15, 31, True

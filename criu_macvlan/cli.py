@@ -74,6 +74,10 @@ def get_parser() -> argparse.ArgumentParser:
     _mapping_options(r)
     r.add_argument("-d", "--restore-detached", action="store_true", help="exit once restored (else wait for it)")
     r.add_argument("--pidfile", metavar="FILE", help="write the restored pid to FILE")
+    r.add_argument("--announce", metavar="SPEC", help="announce the restored MACs: on, off, or "
+                   "rounds=N,interval=MS (default: $CRIU_MACVLAN_ANNOUNCE, config file, else on; see docs/announce.md)")
+    r.add_argument("--no-announce", dest="announce", action="store_const", const="off",
+                   help="do not announce the restored MACs (= --announce off)")
 
     s = sub.add_parser("show", help="decode macvlan.img", description="decode macvlan.img")
     s.add_argument("images_dir", metavar="DIR")
@@ -155,6 +159,8 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     opts = _opts(args)
+    if args.announce is not None:
+        opts["announce"] = args.announce
     if not args.restore_detached:
         opts["rst_sibling"] = True  # the tree becomes our child: wait for it like criu restore does
     pid = _driver(args).restore(args.images_dir, _mappings(args), **opts)

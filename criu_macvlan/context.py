@@ -65,6 +65,8 @@ class ActionContext:
         externals: every ``--external`` key CRIU was given (``net[INODE]:KEY`` ...).
         empty_ns: ``True`` if the dump/restore uses ``--empty-ns net``, ``False`` if
             not, ``None`` if unknown (then plugins decide from the images).
+        announce: the caller's announce setting on restore (RPC driver: CLI flag,
+            API keyword), ``None``: the environment or config file decides.
         log: logger for the plugin's messages (CRIU shows an action script's stderr
             in its log).
         state: scratch space that lives as long as one RPC session (in action-script
@@ -78,5 +80,6 @@ class ActionContext:
     mappings: dict[str, str] = field(default_factory=dict)
     externals: list[str] = field(default_factory=list)
     empty_ns: bool | None = None
+    announce: str | bool | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("criu_macvlan"))
     state: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from . import images, rpc
+from . import announce, images, rpc
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .errors import CriuError, CriuMacvlanError
@@ -142,6 +141,15 @@ class Lab:
             client.set_up(index)
             client.add_address(index, _addr(CLIENT_IP))
 
+    def switch_port_of(self, mac: str) -> str | None:
+        """The switch port its FDB sends ``mac`` to."""
+        from . import netlink as nl
+
+        with nl.Rtnl(self.switch_fd) as sw:
+            index = nl.fdb_port(sw, mac)
+            msg = sw.link(index=index) if index is not None else None
+        return None if msg is None else str(msg.get_attr("IFLA_IFNAME"))
+
     def nic_index(self, name: str) -> int:
         from . import netlink as nl
 
@@ -174,15 +182,19 @@ def quiet_ipv6() -> None:
     addresses before the iptables rules that lock the connection (criu/net.c,
     prepare_net_ns_second_stage), so a client retransmission arriving in that
     window finds the address but no socket and no lock, and is answered with a
-    RST. Kept quiet, the MAC moves when the demo announces it (see announce()).
+    RST. Kept quiet, the MAC moves when the plugin announces it (docs/announce.md):
+    at post-setup-namespaces, with the connection locked.
     """
     for conf in ("all", "default"):
         with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6", "w", encoding="ascii") as f:
             f.write("1")
 
 
-def give_service_a_nic(pid: int, parent: str) -> None:
-    """A macvlan on ``parent`` inside the service's netns: fixed MAC and IP, default route via the client."""
+def give_service_a_nic(pid: int, parent: str, ifindex: int = 0) -> None:
+    """A macvlan on ``parent`` inside the service's netns: fixed MAC and IP, default route via the client.
+
+    ``ifindex`` 0: the kernel's choice (2, as in a container); native CRIU needs one free on the host.
+    """
     from . import netlink as nl
 
     target = nsutil.open_of_pid(pid)
@@ -190,7 +202,7 @@ def give_service_a_nic(pid: int, parent: str) -> None:
         with nl.entered(target):  # IPv4 only: see quiet_ipv6()
             quiet_ipv6()
         link = pb.macvlan_link(
-            name=IFNAME, ifindex=0, mode=4, address=nl.mac_to_bytes(SERVICE_MAC), mtu=1500, link_flags=0
+            name=IFNAME, ifindex=ifindex, mode=4, address=nl.mac_to_bytes(SERVICE_MAC), mtu=1500, link_flags=0
         )
         with nl.Rtnl(None) as host:
             host.create_macvlan(link, nl.index_of(host, parent), target)
@@ -221,31 +233,6 @@ def service_nic(pid: int) -> pb.macvlan_link:
     if not found:
         raise DemoError(f"process {pid} has no macvlan {IFNAME}")
     return found[0]
-
-
-def announce(pid: int, link: pb.macvlan_link) -> None:
-    """Send a gratuitous ARP from the service's NIC: the switch learns that its MAC is behind host B now.
-
-    Until the switch sees a frame from that MAC on host B's port it forwards the
-    MAC's frames to host A's port, where nothing answers any more. The restored
-    link usually gives itself away soon (IPv6 neighbour discovery when it comes
-    up, TCP's window probe when CRIU ends repair mode), but a migration should
-    not rely on that: it announces the MAC, as QEMU and keepalived do.
-    """
-    from . import netlink as nl
-
-    ip = next(a.address for a in link.addrs if a.family == socket.AF_INET)
-    target = nsutil.open_of_pid(pid)
-    try:
-        with nl.entered(target):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
-    finally:
-        os.close(target)
-    with sock:
-        sock.bind((link.name, 0x0806))
-        eth = b"\xff" * 6 + link.address + struct.pack("!H", 0x0806)
-        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + link.address + ip + b"\x00" * 6 + ip
-        sock.send(eth + arp)
 
 
 # -------------------------------------------------------------- processes
@@ -391,22 +378,17 @@ def connect(client_fd: int) -> socket.socket:
 # -------------------------------------------------------------------- criu
 
 
-Announce = Callable[[int], None]
-
-
 @dataclass
 class Criu:
     """How the demo runs CRIU.
 
-    ``dump(pid, dir)``; ``restore(dir, mappings, announce) -> pid`` calls
-    ``announce(pid)`` once the restored NIC is configured (the RPC path from its
-    ``post_restore`` notification, before the service resumes; the CLI path when
-    criu returns).
+    ``dump(pid, dir)``; ``restore(dir, mappings) -> pid``. The plugin announces the
+    restored MAC itself (docs/announce.md), before the service resumes.
     """
 
     name: str
     dump: Callable[[int, Path], None]
-    restore: Callable[[Path, dict[str, str], Announce], int]
+    restore: Callable[[Path, dict[str, str]], int]
 
 
 def action_script() -> str:
@@ -497,39 +479,47 @@ def criu_cli(criu_bin: str, env: dict[str, str]) -> Criu:
     def dump(pid: int, images_dir: Path) -> None:
         run(["dump", "-t", str(pid)], images_dir, "dump.log")
 
-    def restore(images_dir: Path, mappings: dict[str, str], announce: Announce) -> int:
+    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
         pidfile = images_dir / "restored.pid"
         externals = [f"--external=macvlan[{k}]:{v}" for k, v in mappings.items()]
         run(["restore", "-d", "--pidfile", str(pidfile), *externals], images_dir, "restore.log")
-        pid = int(pidfile.read_text())
-        announce(pid)
-        return pid
+        return int(pidfile.read_text())
 
     return Criu("cli", dump, restore)
 
 
-class _Announcer(rpc.Notify):
-    """Our own callback next to the plugin's hooks: announce the MAC as soon as the NIC is back."""
+def criu_native(criu_bin: str, env: dict[str, str]) -> Criu:
+    """Plain ``criu`` without criu-macvlan: CRIU dumps and restores the macvlan itself (``--compare``)."""
 
-    def __init__(self) -> None:
-        self.announce: Announce | None = None
+    def run(args: list[str], images_dir: Path, log: str) -> None:
+        cmd = [criu_bin, *args, "-D", str(images_dir), "-v4", "-o", log, "--tcp-established"]
+        res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+                             env={**os.environ, **env})
+        if res.returncode != 0:
+            say(_log_tail(images_dir / log))
+            raise DemoError(f"criu {args[0]} failed (exit {res.returncode}), see {images_dir / log}")
 
-    def post_restore(self, pid: int) -> None:
-        if self.announce is not None:
-            self.announce(pid)
+    def dump(pid: int, images_dir: Path) -> None:
+        run(["dump", "-t", str(pid)], images_dir, "dump.log")
+
+    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
+        pidfile = images_dir / "restored.pid"
+        externals = [f"--external=macvlan[{k}]:{v}" for k, v in mappings.items()]
+        run(["restore", "-d", "--pidfile", str(pidfile), *externals], images_dir, "restore.log")
+        return int(pidfile.read_text())
+
+    return Criu("native", dump, restore)
 
 
 def criu_rpc(criu_bin: str, env: dict[str, str]) -> Criu:
     """criu-macvlan's RPC driver: CRIU's notifications run the plugin hooks in this process."""
-    notify = _Announcer()
-    driver = rpc.Criu(criu_bin=criu_bin, notify=notify)
+    driver = rpc.Criu(criu_bin=criu_bin)
 
     def dump(pid: int, images_dir: Path) -> None:
         with environ(env):
             driver.dump(pid, str(images_dir), tcp_established=True, log_file="dump.log", log_level=4)
 
-    def restore(images_dir: Path, mappings: dict[str, str], announce: Announce) -> int:
-        notify.announce = announce
+    def restore(images_dir: Path, mappings: dict[str, str]) -> int:
         with environ(env):
             return driver.restore(str(images_dir), mappings, tcp_established=True,
                                   log_file="restore.log", log_level=4)
@@ -596,6 +586,8 @@ class Report:
     dump_ms: float = 0.0
     restore_ms: float = 0.0
     downtime_ms: float = 0.0
+    moved_at_restore: bool = False  # the switch sent the MAC to host B's port when the restore returned
+    ifindex: int = 0  # of the service's macvlan (0: the kernel's choice)
     workdir: str = ""  # images, logs, the compat shim; removed unless --keep
     images_dir: str = ""  # set when kept
     error: str = ""
@@ -641,7 +633,8 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
             cleanup.callback(shutil.rmtree, workdir, ignore_errors=True)
         cleanup.callback(lab.teardown)
         env = criu_compat_env(criu_bin, workdir)
-        criu = criu_rpc(criu_bin, env) if report.path == "rpc" else criu_cli(criu_bin, env)
+        criu = {"rpc": criu_rpc, "cli": criu_cli, "native": criu_native}[report.path](criu_bin, env)
+        native = criu.name == "native"
 
         step(f"[1/6] two hosts on one switch: host A's NIC {lab.nic_a}, host B's NIC {lab.nic_b}, "
              f"client {CLIENT_IP} (switch and client in namespaces of their own)")
@@ -651,7 +644,7 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         report.pids.append(pid)
         cleanup.callback(proc.wait)
         cleanup.callback(kill_and_wait, pid)
-        give_service_a_nic(pid, lab.nic_a)
+        give_service_a_nic(pid, lab.nic_a, report.ifindex)
         before = service_nic(pid)
         step(f"[2/6] service {SERVICE.name}: pid {pid} in its own pid+net namespace, "
              f"{IFNAME} {SERVICE_MAC} {SERVICE_IP}/{PREFIX}, macvlan on {before.parent.name} "
@@ -669,7 +662,8 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
 
         images_dir = workdir / "images"
         images_dir.mkdir()
-        step(f"[4/6] checkpoint ({criu.name}): criu dump --tcp-established with criu-macvlan")
+        step(f"[4/6] checkpoint ({criu.name}): criu dump --tcp-established"
+             f"{' (native CRIU, no criu-macvlan)' if native else ' with criu-macvlan'}")
         t0 = time.monotonic()
         last_before = len(client.replies)
         criu.dump(pid, images_dir)
@@ -679,26 +673,31 @@ def run(report: Report, criu_bin: str, keep: bool, python: str) -> None:
         report.freeze_ms = round(stats.get("frozen_time", 0) / 1000, 1)
         detail(f"dumped in {report.dump_ms} ms; the service was frozen for {report.freeze_ms} ms; "
                f"pid {pid} is {'gone' if gone(pid) else 'STILL RUNNING'}")
-        show(images_dir)
+        if not native:
+            show(images_dir)
 
         mappings = {IFNAME: lab.nic_b}
         step(f"[5/6] restore on host B: macvlan[{IFNAME}]:{lab.nic_b}")
-        check(images_dir, mappings)
+        if not native:
+            check(images_dir, mappings)
+        old_port = lab.switch_port_of(SERVICE_MAC)
         t0 = time.monotonic()
-        announced: list[str] = []
-
-        def announce_moved(pid: int) -> None:
-            announce(pid, service_nic(pid))
-            announced.append(f"{time.monotonic() - t0:.3f}")
-
-        new_pid = criu.restore(images_dir, mappings, announce_moved)
+        new_pid = criu.restore(images_dir, mappings)
         report.restore_ms = _ms(time.monotonic() - t0)
         report.pids.append(new_pid)
         cleanup.callback(kill_and_wait, new_pid)
-        if not announced:
-            raise DemoError("the restored service's MAC was never announced")
-        when = "from the post-restore notification" if criu.name == "rpc" else "after criu returned"
-        detail(f"restored as pid {new_pid} in {report.restore_ms} ms; gratuitous ARP from host B {when}")
+        detail(f"restored as pid {new_pid} in {report.restore_ms} ms")
+        port = lab.switch_port_of(SERVICE_MAC)
+        report.moved_at_restore = port == "port-b"
+        if native:
+            detail(f"the switch sends {SERVICE_MAC} to {port or 'no port'} (native CRIU announces nothing)")
+        elif port != "port-b":
+            raise DemoError(f"the switch still sends {SERVICE_MAC} to {port or 'no port'}: the MAC was not announced")
+        else:
+            schedule = announce.configured(None, os.environ) or announce.DEFAULT
+            detail(f"the switch's FDB moved {SERVICE_MAC} from {old_port} to {port}: criu-macvlan announced it "
+                   f"before the service resumed (gratuitous ARP at post-setup-namespaces, then "
+                   f"{schedule.rounds - 1} more rounds; docs/announce.md)")
         after = service_nic(new_pid)
         verify(after, before, lab.nic_index(lab.nic_b), lab.nic_b)
 
@@ -758,7 +757,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--criu", default=shutil.which("criu") or "/usr/sbin/criu", help="the criu binary")
     parser.add_argument("--keep", action="store_true", help="keep the images directory and CRIU's logs")
     parser.add_argument("--report", metavar="FILE", help="also write what happened as JSON (for tests)")
+    parser.add_argument("--compare", type=int, metavar="N", help="instead: N migrations per path, alternating "
+                        "criu-macvlan (rpc, cli) and native CRIU; medians of downtime and freeze")
     args = parser.parse_args(argv)
+    if args.compare is not None:
+        from .compare import compare
+
+        return int(compare(args.compare, args.criu, args.report))
 
     report = Report(path=args.path)
     try:

@@ -22,7 +22,7 @@ import struct
 import sys
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -337,6 +337,22 @@ class NetdevSummary:
 
     native: list[tuple[str, int]]  # MACVLAN entries CRIU would recreate itself
     converted: list[tuple[str, int]]  # EXTLINK entries we converted (they keep their macvlan field)
+    ipv6_off: list[str] = field(default_factory=list)  # converted entries saved with disable_ipv6 = 1
+
+
+# An entry's conf6 holds CRIU's per-device IPv6 sysctls by position, in the order of
+# devconfs6[] in criu/net.c (alphabetical; 42 names since CRIU 3.x). A list of another
+# length comes from a CRIU with another order, and is not read.
+CRIU_DEVCONFS6 = 42
+CRIU_DISABLE_IPV6 = 13
+
+
+def ipv6_disabled(entry: Any) -> bool:
+    """Whether a ``net_device_entry`` was dumped with IPv6 disabled on the device."""
+    conf = entry.conf6
+    return len(conf) == CRIU_DEVCONFS6 and conf[CRIU_DISABLE_IPV6].HasField("iarg") and (
+        conf[CRIU_DISABLE_IPV6].iarg == 1
+    )
 
 
 def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
@@ -369,6 +385,8 @@ def summarize_entries(entries: list[Any]) -> NetdevSummary:
             summary.native.append(key)
         elif e.type == ND_EXTLINK and e.HasField("macvlan"):
             summary.converted.append(key)
+            if ipv6_disabled(e):
+                summary.ipv6_off.append(e.name)
     return summary
 
 

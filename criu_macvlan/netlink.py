@@ -229,6 +229,12 @@ def ip_to_str(family: int, raw: bytes) -> str:
     return socket.inet_ntop(family, raw)
 
 
+def errno_of(exc: NetlinkError) -> int | None:
+    """The kernel's errno behind one of our errors, if the kernel refused something."""
+    cause = exc.__cause__
+    return int(cause.code) if isinstance(cause, _PyrNetlinkError) else None
+
+
 def _errmsg(exc: BaseException) -> str:
     if isinstance(exc, _PyrNetlinkError):
         return f"{os.strerror(exc.code)} (errno {exc.code})"
@@ -909,3 +915,22 @@ def set_master(rtnl: Rtnl, name: str, master: str) -> None:
         rtnl._request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
     except _PyrNetlinkError as exc:
         raise NetlinkError(f"cannot put {name} into {master}: {_errmsg(exc)}") from exc
+
+
+def fdb_port(rtnl: Rtnl, mac: str) -> int | None:
+    """The ifindex of the bridge port the FDB of ``rtnl``'s netns sends ``mac`` to (``None``: not learned)."""
+    from pyroute2.netlink.rtnl import RTM_GETNEIGH, RTM_NEWNEIGH
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+
+    msg = ndmsg()
+    msg["family"] = socket.AF_BRIDGE
+    msg_map = rtnl._sock.marshal.msg_map
+    msg_map[RTM_NEWNEIGH] = ndmsg
+    try:
+        entries = rtnl._request(msg, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP)
+    finally:
+        del msg_map[RTM_NEWNEIGH]
+    for entry in entries:
+        if (entry.get_attr("NDA_LLADDR") or "").lower() == mac.lower() and entry.get_attr("NDA_VLAN") is None:
+            return int(entry["ifindex"])
+    return None

@@ -21,11 +21,14 @@ Restore:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import socket
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from . import images
+from . import announce, announcer, images
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .context import ActionContext, Mode
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
     from .netlink import PreparedMacvlans, Rtnl
 
 IFF_UP = 0x1
+PASSTHRU = 8
 NETNS_EXTERNAL_PREFIX = "net["
 
 
@@ -55,8 +59,12 @@ def _is_external_netns(ctx: ActionContext, inode: int) -> bool:
 class MacvlanPlugin:
     """Saves and recreates the macvlan links of a dumped tree's network namespace."""
 
-    # network-unlock has work only when a failed dump left a stage behind
-    criu_macvlan_guards: ClassVar[dict[str, str]] = {"network-unlock": images.STAGED}
+    # network-unlock has work only when a failed dump left a stage behind; post-setup-namespaces
+    # only in RPC mode (in action-script mode the shim wakes the announcer setup-namespaces left)
+    criu_macvlan_guards: ClassVar[dict[str, str]] = {
+        "network-unlock": images.STAGED,
+        "post-setup-namespaces": announce.GUARD,
+    }
 
     # ------------------------------------------------------------- dump
 
@@ -73,6 +81,11 @@ class MacvlanPlugin:
                 ctx.state[_PLAN] = todo
                 if todo is not None:
                     ctx.state[_REQUESTS] = _encode_ahead(todo[0])
+                    ctx.state[_FRAMES] = _image_frames([item.link for item in todo[0]])
+                    schedule = ctx.state[_SCHEDULE] = _schedule(ctx)
+                    if schedule is not None and schedule.rounds > 1:
+                        with contextlib.suppress(OSError):  # else post-setup-namespaces forks it
+                            ctx.state[_REPEATER] = announcer.Repeater(schedule)  # now, not while CRIU waits
         except CriuMacvlanError as exc:
             ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
 
@@ -150,7 +163,9 @@ class MacvlanPlugin:
                         f"restored tree {pid} is in our own network namespace: the dump had macvlans "
                         "in a netns of its own, restore it into a new one"
                     )
-                restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
+                created = restore_links(plan, target, with_l3=with_l3, ctx=ctx, requests=requests)
+                if created:
+                    _arm_announce(ctx, created)
             finally:
                 os.close(target)
                 os.close(own)
@@ -158,9 +173,82 @@ class MacvlanPlugin:
             if requests is not None:
                 requests.close()
 
+    @hookimpl
+    def criu_post_setup_namespaces(self, ctx: ActionContext) -> None:
+        # Addresses restored, the network still locked, no task runs yet: the first round now.
+        armed = ctx.state.pop(_ANNOUNCE, None)
+        if armed is None:
+            return
+        indexes, names, schedule = armed
+        known = ctx.state.pop(_FRAMES, None)
+        if known is not None:
+            known = [link for link in known if link.name in names]  # the links this restore made
+        try:
+            pid = _require_pid(ctx)
+            pidfd = os.pidfd_open(pid)
+            try:
+                links, errors, sock = announcer.first_round(pid, pidfd, indexes, known)
+            finally:
+                os.close(pidfd)
+            announcer.close_later(sock)
+            for name, error in errors.items():
+                ctx.log.warning("%s", announce.warning(name, error))
+            repeater = ctx.state.pop(_REPEATER, None)
+            if repeater is not None:
+                repeater.go(pid, links)
+            else:
+                announcer.repeat_detached(pid, links, schedule)
+            ctx.log.info("announced %s", announce.summary(links))
+        except (OSError, CriuMacvlanError) as exc:
+            ctx.log.warning("%s", announce.warning("the restored links", str(exc)))
+
+
+def _image_frames(links: list[pb.macvlan_link]) -> list[announce.LinkFrames] | None:
+    """The frames of the links that are up, from the images alone, made before CRIU needs them;
+    ``None`` when a link has IPv6 addresses: whether they are still tentative after the restore
+    (no advertisement then) is known only from the restored netns."""
+    if any(a.family == socket.AF_INET6 for link in links for a in link.addrs):
+        return None
+    result = []
+    for link in links:
+        if link.link_flags & IFF_UP:
+            frames, what = announce.frames_for(link.address, [a.address for a in link.addrs], [])
+            result.append(announce.LinkFrames(link.name, frames, what))
+    return result
+
+
+def _schedule(ctx: ActionContext) -> announce.Schedule | None:
+    """The announce schedule of this restore (``None``: off); a bad setting is a warning."""
+    try:
+        return announce.configured(ctx.announce, os.environ)
+    except UsageError as exc:
+        ctx.log.warning("%s; announcing with the default %s", exc, announce.DEFAULT.spec())
+        return announce.DEFAULT
+
+
+def _arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
+    """Prepare the announcement of the links just made; never fails the restore."""
+    indexes = [link.ifindex for link in created]
+    schedule = ctx.state.pop(_SCHEDULE) if _SCHEDULE in ctx.state else _schedule(ctx)
+    if schedule is None:
+        ctx.log.debug("announce is off")
+    elif ctx.mode is Mode.RPC:
+        ctx.state[_ANNOUNCE] = indexes, {link.name for link in created}, schedule
+    else:
+        from .criuconf import criu_pid_from_env
+
+        criu_pid = criu_pid_from_env(os.environ)
+        known = _image_frames(created)
+        if criu_pid is None or not announcer.arm(criu_pid, _require_pid(ctx), indexes, schedule, known):
+            ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
+
 
 # ctx.state keys: what criu_rpc_request prepared (a result, or the error to raise later)
 _READ = "macvlan.read"
+_ANNOUNCE = "macvlan.announce"
+_REPEATER = "macvlan.repeater"
+_SCHEDULE = "macvlan.schedule"
+_FRAMES = "macvlan.frames"
 _READER = "macvlan.reader"
 _PLAN = "macvlan.plan"
 _REQUESTS = "macvlan.requests"
@@ -295,9 +383,41 @@ def _prepare_restore(ctx: ActionContext) -> tuple[list[Planned], bool] | None:
             )
         return None
     empty = restores_l3_itself(ctx, netdevs)
+    plan = plan_restore(sidecar, ctx.mappings, ctx)
     if not empty:
         _check_netdev_consistency(sidecar, summaries, ctx.images.path)
-    return plan_restore(sidecar, ctx.mappings, ctx), empty
+        off = {name for s in summaries.values() for name in s.ipv6_off}
+        for item in plan:
+            item.ipv6_off = item.link.name in off
+    return plan, empty
+
+
+def explain_failure(ctx: ActionContext, log_tail: str) -> str:
+    """What a failed restore's CRIU log means for our links, when we can tell; else ``""``.
+
+    CRIU itself brings the links up in a CRIU-managed netns: a MAC already used on
+    the parent fails there, with ``-98 ... Address already in use`` and no name.
+    """
+    if "Address already in use" not in log_tail:
+        return ""
+    from .netlink import Rtnl, mac_to_str
+    from .preflight import clash_text, mac_users
+
+    try:
+        sidecar = images.load(ctx.images.fd)
+        if sidecar is None:
+            return ""
+        plan = [item for item in plan_restore(sidecar, ctx.mappings, ctx) if item.link.mode != PASSTHRU]
+        with Rtnl(None) as host:
+            _resolve_parents(host, plan)
+        for item in plan:
+            mac = mac_to_str(item.link.address)
+            users = mac_users(item.parent_index, mac)
+            if users:
+                return f"{item.link.name}: {clash_text(mac, item.parent, users)}"
+    except CriuMacvlanError:
+        pass
+    return ""
 
 
 def restores_l3_itself(ctx: ActionContext, netdevs: list[str]) -> bool:
@@ -375,6 +495,7 @@ class Planned:
         self.link = link
         self.parent = parent
         self.parent_index = 0
+        self.ipv6_off = False  # CRIU will restore it with IPv6 disabled
 
 
 def plan_restore(sidecar: images.Sidecar, mappings: dict[str, str], ctx: ActionContext) -> list[Planned]:
@@ -430,8 +551,8 @@ def _same_link(msg: Any, link: pb.macvlan_link) -> bool:
 
 def restore_links(
     plan: list[Planned], target: int, with_l3: bool, ctx: ActionContext, requests: PreparedMacvlans | None = None
-) -> None:
-    """Create every planned link in ``target``; on failure remove the ones made here.
+) -> list[pb.macvlan_link]:
+    """Create every planned link in ``target``; on failure remove the ones made here. The links made.
 
     ``requests``: the plan's requests encoded ahead of time, used when they still
     fit (every link to make, on the same parents).
@@ -468,7 +589,9 @@ def restore_links(
                 if error is not None:
                     raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {error}") from error
             if with_l3:
-                _restore_l3([item.link for item in plan], inside)
+                _restore_l3(plan, inside)
+            else:
+                _keep_ipv6_off([item.link.name for item in todo if item.ipv6_off], target)
         except BaseException:
             for link in reversed(created):
                 try:
@@ -481,12 +604,48 @@ def restore_links(
         len(created),
         ", ".join(f"{i.link.name}@{i.parent}" for i in plan),
     )
+    return created
 
 
-def _restore_l3(links: list[pb.macvlan_link], inside: Rtnl) -> None:
-    for link in links:
-        if link.link_flags & IFF_UP:
-            inside.set_up(link.ifindex)
+def _keep_ipv6_off(names: list[str], target: int) -> None:
+    """Disable IPv6 on the links ``names`` of netns ``target`` now, as CRIU will.
+
+    CRIU restores a device's sysctls after it sets the device up, and the netns
+    defaults only after setup-namespaces: a link made here would come up with IPv6
+    on for a moment, and its MLD and DAD frames would tell the switches it moved
+    before the connections are locked (and before any announcement).
+    """
+    if not names:
+        return
+    from .netlink import entered
+
+    with entered(target):
+        for name in names:
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="ascii") as f:
+                    f.write("1")
+            except FileNotFoundError:
+                return  # no IPv6 on this host at all
+            except OSError as exc:
+                raise NetlinkError(f"cannot disable IPv6 on macvlan {name!r} as dumped: {exc.strerror}") from exc
+
+
+def _restore_l3(plan: list[Planned], inside: Rtnl) -> None:
+    from .netlink import errno_of, mac_to_str
+
+    links = [item.link for item in plan]
+    for item in plan:
+        if item.link.link_flags & IFF_UP:
+            try:
+                inside.set_up(item.link.ifindex)
+            except NetlinkError as exc:
+                if errno_of(exc) != errno.EADDRINUSE:
+                    raise
+                from .preflight import clash_text, mac_users
+
+                mac = mac_to_str(item.link.address)
+                clash = clash_text(mac, item.parent, mac_users(item.parent_index, mac))
+                raise NetlinkError(f"cannot set macvlan {item.link.name!r} up: {clash}") from exc
     for link in links:
         for addr in link.addrs:
             inside.add_address(link.ifindex, addr)

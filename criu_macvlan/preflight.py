@@ -6,8 +6,9 @@ What can be known before the restored netns exists:
   MACVLAN entry left, every link converted);
 * the mappings: every link has one (unknown ones are warnings);
 * each parent, in this host's (the restoring process's) netns: exists, is up, its
-  MTU fits the link's, its MAC differs from the link's, no macvlan visible here
-  already uses the link's MAC on it, and a passthru link gets it alone;
+  MTU fits the link's, its MAC differs from the link's, no macvlan in any network
+  namespace (see :func:`mac_users`) already uses the link's MAC on it (the kernel
+  refuses a second one when the link comes up), and a passthru link gets it alone;
 * the new netns: its other devices are the entries CRIU restores from its netdev
   image (``lo`` only with ``--empty-ns net``): none may have a link's name or
   ifindex. With ``netns`` (restoring into an existing netns, ``join_ns``) that
@@ -18,16 +19,21 @@ Every problem is listed, not only the first.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import images
 from . import macvlan_pb2 as pb
+from . import netns as nsutil
 from .errors import CriuMacvlanError, ImageError
 from .mappings import format_mapping
 
 PASSTHRU = 8
+NAMED_NETNS = "/run/netns"
+MAX_NETNS = 4096  # namespaces looked into for a MAC clash, at most
 
 
 @dataclass
@@ -138,9 +144,10 @@ def _check_parents(links: list[pb.macvlan_link], mappings: dict[str, str], host:
         mac = mac_to_str(link.address)
         if link.mode != PASSTHRU and (info["address"] or "").lower() == mac:
             rep.problems.append(f"{link.name}: MAC {mac} is the MAC of parent {parent!r}")
-        for other in infos:
-            if other["kind"] == "macvlan" and other["link"] == info["index"] and (other["address"] or "") == mac:
-                rep.problems.append(f"{link.name}: MAC {mac} is already used by {other['name']!r} on {parent!r}")
+        if link.mode != PASSTHRU:
+            users = mac_users(info["index"], mac)
+            if users:
+                rep.problems.append(f"{link.name}: {clash_text(mac, parent, users)}")
         if link.mode == PASSTHRU:
             users = [o["name"] for o in infos if o["kind"] == "macvlan" and o["link"] == info["index"]]
             if users:
@@ -175,3 +182,64 @@ def _check_existing_netns(links: list[pb.macvlan_link], netns: str, rep: Report)
     finally:
         os.close(fd)
     _check_clashes(links, others, f"network namespace {path}", rep)
+
+
+def clash_text(mac: str, parent: str, users: list[str]) -> str:
+    by = f"by macvlan {', '.join(users)}" if users else "(by a link none of this host's network namespaces shows)"
+    return (f"MAC {mac} is already used on parent {parent!r} {by}: the kernel allows one macvlan per MAC on a "
+            "parent, whatever its netns; remove that link or map this one to another parent")
+
+
+def _other_netns(own: tuple[int, int]) -> Iterator[tuple[str, int]]:
+    """``(description, open fd)`` of every network namespace but ``own``: the named ones
+    (``ip netns``), then those of processes; each once, at most :data:`MAX_NETNS`."""
+    seen = {own}
+    candidates: list[tuple[str, str]] = []
+    with contextlib.suppress(OSError):
+        candidates += [(f"netns {n!r}", f"{NAMED_NETNS}/{n}") for n in sorted(os.listdir(NAMED_NETNS))]
+    candidates += [(f"the netns of pid {p}", f"/proc/{p}/ns/net") for p in os.listdir("/proc") if p.isdigit()]
+    for what, path in candidates:
+        if len(seen) > MAX_NETNS:
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile, or not a netns mount
+        key = nsutil.key(fd)
+        if key in seen:
+            os.close(fd)
+            continue
+        seen.add(key)
+        yield f"{what} (net:[{key[1]}])", fd
+
+
+def mac_users(parent_index: int, mac: str) -> list[str]:
+    """Every macvlan that is up with MAC ``mac`` on the link ``parent_index`` of our netns, in any
+    netns: ``'NAME' (ifindex N) in WHERE``."""
+    from .netlink import Rtnl
+
+    def facts(msg: Any) -> tuple[str, int, int | None] | None:
+        address = msg.get_attr("IFLA_ADDRESS")
+        if msg.get_attr("IFLA_LINK") != parent_index or (address or "").lower() != mac.lower() or not msg["flags"] & 1:
+            return None  # a link that is down holds no MAC on its parent
+        return msg.get_attr("IFLA_IFNAME"), msg["index"], msg.get_attr("IFLA_LINK_NETNSID")
+
+    users = []
+    own = nsutil.open_own()
+    try:
+        with Rtnl(None) as host:
+            users += [f"{n!r} (ifindex {i}) in this netns" for n, i, nsid in host.macvlan_links(facts) if nsid is None]
+        for where, fd in _other_netns(nsutil.key(own)):
+            try:
+                with Rtnl(fd) as rtnl:
+                    found = rtnl.macvlan_links(facts)
+                    ours = rtnl.nsid_of(own) if found else None  # assigned by the dump when a link needs it
+                    users += [f"{n!r} (ifindex {i}) in {where}" for n, i, nsid in found if nsid is not None
+                              and nsid == ours]
+            except CriuMacvlanError:
+                continue  # a netns we cannot enter: not ours to judge
+            finally:
+                os.close(fd)
+    finally:
+        os.close(own)
+    return users

@@ -192,6 +192,11 @@ class _Request:
             if work_dir is not None:
                 self.work = open_images(work_dir, "directory").fd
             empty_ns_net = bool(values.pop("empty_ns_net", False))
+            self.announce: str | bool | None = values.pop("announce", None)
+            if self.announce is not None:
+                from .announce import parse
+
+                parse(self.announce)  # a bad value fails before CRIU restores anything
             externals = list(values.pop("external", None) or [])
             self.opts = _pb().criu_opts()
             self.opts.images_dir_fd = self.images.fd
@@ -243,6 +248,7 @@ class _Request:
             mappings=dict(self.mappings),
             externals=list(self.externals),
             empty_ns=self.empty_ns,
+            announce=self.announce,
             log=log,
             state=self.state,
         )
@@ -318,7 +324,11 @@ class Criu:
         self._image_request("PRE_DUMP", images_dir, {**opts, "pid": pid}, None)
 
     def restore(self, images_dir: str, mappings: Mapping[str, str] | None = None, **opts: Any) -> int:
-        """Restore from ``images_dir``; return the restored root pid."""
+        """Restore from ``images_dir``; return the restored root pid.
+
+        ``announce=``: ``False``/``"off"``, ``True``/``"on"`` or ``"rounds=N,interval=MS"``
+        (see docs/announce.md); by default the environment or config file decides.
+        """
         resp = self._image_request("RESTORE", images_dir, opts, mappings, restore=True)
         return int(resp.restore.pid)
 
@@ -417,7 +427,8 @@ class Criu:
                 raise CriuError(f"criu {name}: criu closed the connection{_last_error(tail)}", tail)
             if not resp.success:
                 tail = request.log_tail()
-                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}", tail)
+                why = _explain(request, tail) if restore else ""
+                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}{why}", tail)
             return resp
         finally:
             request.close()
@@ -502,6 +513,14 @@ class _Swrk:
         if self.pid:
             os.waitpid(self.pid, 0)
             self.pid = 0
+
+
+def _explain(request: _Request, tail: str) -> str:
+    """``; <what the failure means for the macvlans>``, when the plugin can tell."""
+    from .plugin import explain_failure
+
+    why = explain_failure(request.context("restore", None), tail)
+    return f"; {why}" if why else ""
 
 
 def _send(sk: socket.socket, msg: Any) -> bool:

@@ -52,7 +52,12 @@ def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
 
     md = (out / "latest.md").read_text()
     assert md.startswith("# criu-macvlan vs native CRIU")
-    assert "## Targets" in md and "## Bounds" in md and "## Hooks alone" in md
+    assert "## Targets" in md and "## Bounds" in md and "## Hooks alone" in md and "## Downtime" in md
+    downtime = data["downtime"]
+    assert downtime["runs"] == 1 and {p: len(v) for p, v in downtime["samples"].items()} == {
+        "rpc": 1, "cli": 1, "native": 1}
+    assert all(ms > 0 for runs in downtime["samples"].values() for ms, _, _ in runs)
+    assert "client-observed downtime over RPC (the demo's migration)" in {t["target"] for t in data["targets"]}
     assert data["machine"]["kernel"] in md
 
     ours = f"bm{os.getpid() % 100000:05d}"  # the harness's veth names (bench.Lab.name)

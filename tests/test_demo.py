@@ -52,6 +52,10 @@ def test_demo_migrates_the_connection(path: str, tmp_path: Path) -> None:
     assert lines[-1].startswith("demo: SUCCESS: "), lines[-1]
     assert not [line for line in lines[:-1] if line.startswith("demo: SUCCESS") or "FAILED" in line]
     assert data["error"] == "" and data["path"] == path
+    # the plugin announced the MAC (the demo has no frame code of its own): the switch moved it
+    assert any("FDB moved 02:c0:ff:ee:00:02 from port-a to port-b: criu-macvlan announced it" in line
+               for line in lines)
+    assert "AF_PACKET" not in (Path(__file__).parents[1] / "criu_macvlan" / "demo.py").read_text()
 
     # The conversation, as the client saw it: 1..N in order, the service's state intact.
     replies = data["replies"]
@@ -112,3 +116,18 @@ def test_demo_interrupted_cleans_up(path: str, sig: signal.Signals, after: str, 
     assert lines[-1] == f"demo: FAILED: interrupted by {sig.name}", lines
     assert err == ""
     assert_nothing_left(json.loads(report.read_text()), netns_before)
+
+
+def test_demo_compare_runs_every_path_side_by_side(tmp_path: Path) -> None:
+    netns_before = netns_names()
+    rc, lines, data = demo("--compare", "1", report=tmp_path / "compare.json")
+    assert rc == 0, "\n".join(lines)
+    assert lines[-1].startswith("demo: SUCCESS: criu-macvlan over RPC: "), lines[-1]
+    assert data["error"] == "" and set(data["runs"]) == {"rpc", "cli", "native"}
+    for path, runs in data["runs"].items():
+        assert len(runs) == 1 and runs[0]["path"] == path and runs[0]["error"] == ""
+        assert runs[0]["downtime_ms"] > 0 and runs[0]["freeze_ms"] > 0
+        assert runs[0]["ifindex"] >= 20000  # free on the host: native CRIU can restore it
+        assert_nothing_left(runs[0], netns_before)
+    summary = data["summary"]
+    assert summary["rpc_downtime_ratio"] == pytest.approx(summary["rpc_downtime_ms"] / summary["native_downtime_ms"])

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import ACTION_SCRIPT, Net, Procs, ip, link_names, unique
 from segment import PORT, V4, V6, Segment, addresses, configure_l3, ours, routes
+from test_announce_switch import Announcements
 
 pytestmark = pytest.mark.integration
 RUNC = shutil.which("runc")
@@ -140,9 +141,16 @@ def test_runc_userns_checkpoint_restore(net: Net, procs: Procs, container: Runc)
     assert (container.images / "macvlan.img").exists()
     assert not list(container.images.glob("netdev-*.img"))  # runc always dumps with empty_ns = CLONE_NEWNET
 
-    container(
-        "restore", "-d", "--image-path", str(container.images), "--work-path", str(container.work), container.id
-    )
+    seen = Announcements(seg.b + "p")
+    try:
+        container(
+            "restore", "-d", "--image-path", str(container.images), "--work-path", str(container.work), container.id
+        )
+        # the plugin announced the MAC on B: gratuitous ARP (request, reply) and NA, round after round
+        counts = seen.count(before["address"], V4, V6, rounds=2)
+        assert min(counts.values()) >= 2, counts
+    finally:
+        seen.close()
     new = container.pid()
     assert Path(f"/proc/{new}/uid_map").read_text().split()[:2] == ["0", str(HOST_ID)]
     assert fetch(seg, V4) == "hello from the container"  # the restored listeners, at once

@@ -1,0 +1,246 @@
+"""The processes that send the announcements (see :mod:`.announce` and docs/announce.md).
+
+* RPC mode: the plugin sends the first round in-process (:func:`first_round`); the
+  later rounds come from a :class:`Repeater`, a detached process forked while CRIU
+  starts, that the ``post-setup-namespaces`` hook only tells which tree and frames.
+* Action-script mode: ``setup-namespaces`` leaves an announcer (:func:`arm`) that
+  the shell hook wakes at ``post-setup-namespaces``; it sends the first round,
+  reports to the hook, and sends the later rounds itself.
+
+Detached processes hold a pidfd of the restored tree, never an fd of the images
+directory or of CRIU, and nothing of the restored netns between rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import socket
+import threading
+import time
+
+from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
+
+RUN_DIR = "/run/criu-macvlan"
+WAIT_FOR_GO = 600.0  # seconds a waiting process waits to be told to go
+
+
+def _detach(keep: set[int], pid_path: str | None = None) -> bool:
+    """Double fork; ``True`` in the detached grandchild (own session, stdio on /dev/null,
+    no fd but ``keep``), ``False`` in the caller once the intermediate child wrote the
+    grandchild's pid to ``pid_path`` (whole, by a rename) and was reaped."""
+    child = os.fork()
+    if child:
+        os.waitpid(child, 0)
+        return False
+    try:
+        os.setsid()
+        grandchild = os.fork()
+        if grandchild:
+            if pid_path is not None:
+                with open(f"{pid_path}.tmp", "w", encoding="ascii") as f:
+                    f.write(f"{grandchild}\n")
+                os.rename(f"{pid_path}.tmp", pid_path)
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # a caller reading CRIU's stderr must see EOF when CRIU exits
+            os.dup2(null, fd)
+        for fd in map(int, os.listdir("/proc/self/fd")):
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):  # the listing's own fd
+                    os.close(fd)
+    except BaseException:
+        os._exit(1)
+    return True
+
+
+def _socket_in(pid: int, pidfd: int) -> socket.socket | None:
+    """A packet socket in the netns of process ``pid`` (``None`` once it exited: ``pidfd``
+    says so, and a recycled pid is never entered). The process stays in its own netns."""
+    from .netlink import entered
+
+    try:
+        ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if select.select([pidfd], [], [], 0)[0]:
+            return None
+        with entered(ns):
+            return packet_socket()
+    finally:
+        os.close(ns)
+
+
+def first_round(pid: int, pidfd: int, indexes: list[int], known: list[LinkFrames] | None = None
+                ) -> tuple[list[LinkFrames], dict[str, str], socket.socket | None]:
+    """Send the frames of the links ``indexes`` of the netns of ``pid`` once: ``known``, or
+    built from the links' addresses now. The links, each failed link's error, and the socket:
+    the caller closes it when it no longer waits (closing a packet socket waits for an RCU
+    grace period, milliseconds)."""
+    from .netlink import entered
+
+    sock = _socket_in(pid, pidfd)
+    if sock is None:
+        return [], {}, None
+    try:
+        links = known
+        if links is None:
+            ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                with entered(ns):
+                    links = read_links(indexes)
+            finally:
+                os.close(ns)
+        return links, send_round(sock, links), sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def close_later(sock: socket.socket | None) -> None:
+    """Close ``sock`` in a thread of its own: nobody waits for the grace period."""
+    if sock is not None:
+        threading.Thread(target=sock.close, name="criu-macvlan-announce-close", daemon=True).start()
+
+
+def _repeat(pid: int, pidfd: int, links: list[LinkFrames], schedule: Schedule) -> None:
+    # Between rounds nothing of the netns is held: a tree killed meanwhile takes its
+    # netns and links with it at once (a restore onto the same parent may follow).
+    for delay in schedule.delays():
+        if select.select([pidfd], [], [], delay)[0]:
+            return  # the tree exited
+        sock = _socket_in(pid, pidfd)
+        if sock is None:
+            return
+        with sock:
+            if len(send_round(sock, links)) == len(links):
+                return  # every link is gone
+
+
+def repeat_detached(pid: int, links: list[LinkFrames], schedule: Schedule) -> None:
+    """Send the rounds after the first from a detached process that holds only a pidfd of ``pid``."""
+    if schedule.rounds < 2 or not links:
+        return
+    pidfd = os.pidfd_open(pid)
+    try:
+        if _detach({pidfd}):  # pragma: no cover - the detached process (tested end to end)
+            try:
+                _repeat(pid, pidfd, links, schedule)
+            finally:
+                os._exit(0)
+    finally:
+        os.close(pidfd)
+
+
+class Repeater:
+    """RPC mode: the detached process of the later rounds, forked ahead (while CRIU starts), so that
+    ``post-setup-namespaces`` only writes to a pipe. It waits for :meth:`go` (the tree and the
+    frames), or for the pipe's end (a failed restore: nothing to do), at most :data:`WAIT_FOR_GO`."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        rd, self._wr = os.pipe()
+        try:
+            if _detach({rd}):  # pragma: no cover - the detached process (tested end to end)
+                try:
+                    _wait_and_repeat(rd, schedule)
+                finally:
+                    os._exit(0)
+        finally:
+            os.close(rd)
+
+    def go(self, pid: int, links: list[LinkFrames]) -> None:
+        lines = [str(pid), *(f"{link.name} {' '.join(f.hex() for f in link.frames)}" for link in links)]
+        try:
+            with open(self._wr, "w", encoding="ascii", closefd=False) as f:
+                f.write("\n".join(lines) + "\n")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._wr >= 0:
+            os.close(self._wr)
+            self._wr = -1
+
+    def __del__(self) -> None:  # a restore that failed before post-setup-namespaces: the process goes
+        self.close()
+
+
+def _wait_and_repeat(rd: int, schedule: Schedule) -> None:
+    data = b""
+    deadline = time.monotonic() + WAIT_FOR_GO
+    while select.select([rd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        chunk = os.read(rd, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    lines = data.decode("ascii", "replace").splitlines()
+    if not lines or not lines[0].isdigit():
+        return
+    links = [LinkFrames(name, [bytes.fromhex(f) for f in frames.split()], "")
+             for name, _, frames in (line.partition(" ") for line in lines[1:])]
+    pid = int(lines[0])
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    _repeat(pid, pidfd, links, schedule)
+
+
+def runtime_dir(criu_pid: int) -> str:
+    return f"{RUN_DIR}/announce.{criu_pid}"
+
+
+def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: list[LinkFrames] | None) -> bool:
+    """Action-script mode: leave a detached announcer for ``post-setup-namespaces`` of CRIU
+    ``criu_pid`` restoring the tree of ``pid`` (the shim wakes it, see
+    ``hooks/criu-macvlan-action``). ``False`` if there is none."""
+    path = runtime_dir(criu_pid)
+    fds: list[int] = []
+    try:
+        fds += [os.pidfd_open(criu_pid), os.pidfd_open(pid)]
+        os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
+        shutil.rmtree(path, ignore_errors=True)  # a dead announcer's of a recycled pid
+        os.mkdir(path, 0o700)
+        for name in ("go", "done"):
+            os.mkfifo(f"{path}/{name}", 0o600)
+            fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
+        if _detach(set(fds), f"{path}/pid"):  # pragma: no cover - the detached process (tested end to end)
+            try:
+                _announcer(path, schedule, pid, indexes, known, *fds)
+            finally:
+                shutil.rmtree(path, ignore_errors=True)
+                os._exit(0)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return False
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return True
+
+
+def _announcer(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
+               criu: int, tree: int, go: int, done: int) -> None:
+    """Wait for the shim's ``go`` (or CRIU's end: then nothing to do), send the first round,
+    report each link's failure and ``done`` to the shim, then the other rounds."""
+    ready, _, _ = select.select([go, criu], [], [], WAIT_FOR_GO)
+    if go not in ready:
+        return
+    lines = []
+    sock = None
+    try:
+        links, errors, sock = first_round(pid, tree, indexes, known)
+        lines = [warning(name, err) for name, err in errors.items()]
+        if os.environ.get("CRIU_MACVLAN_DEBUG", "") not in ("", "0"):
+            lines.append(f"announced {summary(links)}; {len(schedule.delays())} more round(s) from pid {os.getpid()}")
+    except Exception as exc:  # never fail the restore: one line, no repeats
+        links, lines = [], [warning("the restored links", str(exc))]
+    os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))
+    if sock is not None:
+        sock.close()  # the shim no longer waits
+    shutil.rmtree(path, ignore_errors=True)
+    if links:
+        _repeat(pid, tree, links, schedule)
