@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import struct
 import sys
 import warnings
@@ -109,17 +110,50 @@ def unframe(data: bytes, magic: int, name: str, max_entries: int | None = None) 
 # ------------------------------------------------------------ file access
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symlink"),
+)
+
+
+def _not_regular(name: str, mode: int) -> ImageError | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((what for test, what in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):#o}")
+    return ImageError(f"{name}: is {kind}, not a regular file")
+
+
 def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | None:
-    """Read ``name`` from the images dir, or ``None`` if it does not exist."""
+    """Read ``name`` from the images dir, or ``None`` if it does not exist.
+
+    Only a regular file is read. ``O_NONBLOCK``: opening a FIFO would wait for a
+    writer (forever, while CRIU waits for us); ``O_NOCTTY``: a planted tty never
+    becomes our controlling terminal.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ImageError(f"{name}: is a symlink; refusing to follow it") from exc
-        raise ImageError(f"{name}: {exc.strerror}") from exc
+        try:  # a socket (ENXIO) or a device on a nodev mount (EACCES): say what it is
+            special = _not_regular(name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            special = None
+        raise (special or ImageError(f"{name}: {exc.strerror}")) from exc
     try:
+        st = os.fstat(fd)
+        special = _not_regular(name, st.st_mode)
+        if special is not None:
+            raise special
+        if st.st_size > limit:
+            raise ImageError(f"{name}: larger than {limit} bytes")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     finally:
