@@ -22,8 +22,8 @@ import stat
 import struct
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -51,6 +51,7 @@ ND_MACVLAN = 7
 
 MAX_IMAGE_BYTES = 64 << 20
 MAX_LINKS = 4096
+MAX_NETDEV_ENTRIES = 4 * MAX_LINKS  # devices in one netdev image (one netns), macvlans and all others
 MAX_ADDRS = 256
 MAX_ROUTES = 1024
 MAX_SOURCE_MACS = 4096
@@ -366,34 +367,53 @@ class NetdevSummary:
 
     native: list[tuple[str, int]]  # MACVLAN entries CRIU would recreate itself
     converted: list[tuple[str, int]]  # EXTLINK entries we converted (they keep their macvlan field)
+    devices: list[tuple[str, int]] = field(default_factory=list)  # every entry
 
 
-def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
+def iter_netdev(dir_fd: int, name: str) -> Iterator[tuple[bytes, Any]]:
+    """Each entry of a netdev image: its bytes and the parsed ``net_device_entry``.
+
+    Bounded as the sidecar is: the file's size, the number of entries, and the
+    memory (one parsed entry at a time; callers keep only what they need).
+    """
     data = read_file(dir_fd, name)
     if data is None:
         raise ImageError(f"{name}: missing")
-    raw = unframe(data, NETDEV_MAGIC, name)
+    raw = unframe(data, NETDEV_MAGIC, name, max_entries=MAX_NETDEV_ENTRIES)
+    del data
     cls = netdev_entry_class()
-    parsed = []
     for i, payload in enumerate(raw):
         entry = cls()
         try:
             parse_all(entry, payload)
-        except DecodeError as exc:
+        except (DecodeError, RuntimeError, ValueError) as exc:
             raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
+        if not entry.IsInitialized():
+            missing = ", ".join(entry.FindInitializationErrors())
+            raise ImageError(f"{name}: entry #{i} lacks required fields: {missing}")
+        yield payload, entry
+
+
+def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
+    """Every entry of a netdev image at once (:func:`iter_netdev` keeps less in memory)."""
+    raw: list[bytes] = []
+    parsed: list[Any] = []
+    for payload, entry in iter_netdev(dir_fd, name):
+        raw.append(payload)
         parsed.append(entry)
     return raw, parsed
 
 
 def summarize_netdev(dir_fd: int, name: str) -> NetdevSummary:
-    return summarize_entries(read_netdev(dir_fd, name)[1])
+    return summarize_entries(entry for _, entry in iter_netdev(dir_fd, name))
 
 
-def summarize_entries(entries: list[Any]) -> NetdevSummary:
+def summarize_entries(entries: Iterable[Any]) -> NetdevSummary:
     """The macvlans among parsed ``net_device_entry`` messages."""
     summary = NetdevSummary([], [])
     for e in entries:
         key = (e.name, e.ifindex)
+        summary.devices.append(key)
         if e.type == ND_MACVLAN:
             summary.native.append(key)
         elif e.type == ND_EXTLINK and e.HasField("macvlan"):
@@ -416,12 +436,11 @@ def convert_netdev(dir_fd: int, name: str, ifindexes: set[int], to_native: bool 
     entries again, each with its ~100 sysctl values, cost the post-dump of a
     tree with many links ~60 us per link while the tree is frozen.
     """
-    raw, entries = read_netdev(dir_fd, name)
     old, new = (ND_EXTLINK, ND_MACVLAN) if to_native else (ND_MACVLAN, ND_EXTLINK)
     retype = netdev_entry_class()(type=new).SerializePartialToString()
     changed = 0
     out = []
-    for payload, e in zip(raw, entries, strict=True):
+    for payload, e in iter_netdev(dir_fd, name):
         if e.type == old and e.ifindex in ifindexes and e.HasField("macvlan"):
             payload += retype
             changed += 1
