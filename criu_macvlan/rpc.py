@@ -184,6 +184,7 @@ class _Request:
             work_dir = values.pop("work_dir", None)
             if work_dir is not None:
                 self.work = open_images(work_dir, "directory").fd
+            self.log_dir = os.path.abspath(work_dir if work_dir is not None else images_dir)
             empty_ns_net = bool(values.pop("empty_ns_net", False))
             externals = list(values.pop("external", None) or [])
             self.opts = _pb().criu_opts()
@@ -240,9 +241,25 @@ class _Request:
             state=self.state,
         )
 
+    def _log_name(self) -> str:
+        return str(self.opts.log_file) if self.opts.HasField("log_file") else DEFAULT_LOG_FILE
+
     def log_tail(self) -> str:
-        name = self.opts.log_file if self.opts.HasField("log_file") else DEFAULT_LOG_FILE
-        return tail_of_log(self.work if self.work is not None else self.images.fd, name)
+        return tail_of_log(self._log_dir_fd(), self._log_name())
+
+    def _log_dir_fd(self) -> int:
+        return self.work if self.work is not None else self.images.fd
+
+    def why(self, resp: Any) -> str:
+        """Why CRIU failed, in one line: the cause its log names (else its answer), and where the log is."""
+        from . import criulog
+
+        log = criulog.read_tail(self._log_dir_fd(), self._log_name())
+        reason = criulog.cause(log)
+        if reason is None and resp is not None:
+            reason = _resp_error(resp, default="")
+        where = f"CRIU's log: {os.path.join(self.log_dir, self._log_name())}" if log else "CRIU wrote no log"
+        return f"{reason} ({where})" if reason else f"({where})"
 
     def close(self) -> None:
         if self.work is not None:
@@ -406,11 +423,9 @@ class Criu:
                 failure.log_tail = request.log_tail()
                 raise failure
             if resp is None:
-                tail = request.log_tail()
-                raise CriuError(f"criu {name}: criu closed the connection{_last_error(tail)}", tail)
+                raise CriuError(f"criu {name}: criu closed the connection: {request.why(None)}", request.log_tail())
             if not resp.success:
-                tail = request.log_tail()
-                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}", tail)
+                raise CriuError(f"criu {name} failed: {request.why(resp)}", request.log_tail())
             return resp
         finally:
             request.close()
@@ -532,15 +547,15 @@ def _req_name(req: Any) -> str:
     return str(_pb().criu_req_type.Name(req.type)).lower().replace("_", "-")
 
 
-def _resp_error(resp: Any) -> str:
+def _resp_error(resp: Any, default: str = "see CRIU's log") -> str:
+    """CRIU's own word on a failure, one line: its first error (``cr_errmsg``) unless harmless, else the errno."""
+    from . import criulog
+
     if resp.HasField("cr_errmsg") and resp.cr_errmsg:
-        return str(resp.cr_errmsg)
+        text = " ".join(str(resp.cr_errmsg).split())
+        message = criulog.error_message(text) or text
+        if criulog.is_cause(message):
+            return message
     if resp.HasField("cr_errno") and resp.cr_errno:
         return f"{os.strerror(resp.cr_errno)} (errno {resp.cr_errno})"
-    return "see CRIU's log"
-
-
-def _last_error(tail: str) -> str:
-    """`` (CRIU: <its last error line>)`` from a log tail, or ''."""
-    errors = [line for line in tail.splitlines() if line.startswith("Error (")]
-    return f" (CRIU: {errors[-1]})" if errors else ""
+    return default
