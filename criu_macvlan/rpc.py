@@ -48,7 +48,9 @@ import array
 import fcntl
 import logging
 import os
+import select
 import shutil
+import signal
 import socket
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -214,6 +216,7 @@ class _Request:
             raise
         self.pid: int | None = self.opts.pid if self.opts.HasField("pid") else None
         self.state: dict[str, Any] = {}
+        self.criu_pid: int | None = None  # criu swrk's, when we started it
 
     def _add_config_file(self, path: str) -> None:
         from . import criuconf
@@ -239,6 +242,7 @@ class _Request:
             empty_ns=self.empty_ns,
             log=log,
             state=self.state,
+            criu_pid=self.criu_pid,
         )
 
     def _log_name(self) -> str:
@@ -251,7 +255,7 @@ class _Request:
         return self.work if self.work is not None else self.images.fd
 
     def why(self, resp: Any) -> str:
-        """Why CRIU failed, in one line: the cause its log names (else its answer), and where the log is."""
+        """``: <cause> (CRIU's log: PATH)``: the cause CRIU's log names (else its answer), and where the log is."""
         from . import criulog
 
         log = criulog.read_tail(self._log_dir_fd(), self._log_name())
@@ -259,7 +263,7 @@ class _Request:
         if reason is None and resp is not None:
             reason = _resp_error(resp, default="")
         where = f"CRIU's log: {os.path.join(self.log_dir, self._log_name())}" if log else "CRIU wrote no log"
-        return f"{reason} ({where})" if reason else f"({where})"
+        return f": {reason} ({where})" if reason else f" ({where})"
 
     def close(self) -> None:
         if self.work is not None:
@@ -387,7 +391,7 @@ class Criu:
     def _simple(self, req: Any) -> Any:
         comm, sk = self._connect()
         try:
-            resp = _recv(sk) if _send(sk, req) else None
+            resp = _recv(sk, _pidfd(comm)) if _send(sk, req) else None
         finally:
             comm.disconnect()
         if resp is None:
@@ -412,10 +416,12 @@ class Criu:
         except BaseException:
             comm.disconnect()
             raise
+        if isinstance(comm, _Swrk):
+            request.criu_pid = comm.pid
         try:
             req = rpc.criu_req(type=getattr(rpc, kind), opts=request.opts)
             try:
-                resp, failure = self._converse(sk, req, request)
+                resp, failure = self._converse(sk, req, request, _pidfd(comm))
             finally:
                 comm.disconnect()
             name = _req_name(req)
@@ -423,15 +429,22 @@ class Criu:
                 failure.log_tail = request.log_tail()
                 raise failure
             if resp is None:
-                raise CriuError(f"criu {name}: criu closed the connection: {request.why(None)}", request.log_tail())
+                ended = comm.ended if isinstance(comm, _Swrk) else ""
+                what = f"{ended} before it answered" if ended else "criu closed the connection"
+                raise CriuError(f"criu {name}: {what}{request.why(None)}", request.log_tail())
             if not resp.success:
-                raise CriuError(f"criu {name} failed: {request.why(resp)}", request.log_tail())
+                raise CriuError(f"criu {name} failed{request.why(resp)}", request.log_tail())
             return resp
         finally:
             request.close()
 
-    def _converse(self, sk: socket.socket, req: Any, request: _Request) -> tuple[Any, HookError | None]:
-        """Send ``req``, answer every NOTIFY, return CRIU's final response and the first failure."""
+    def _converse(
+        self, sk: socket.socket, req: Any, request: _Request, pidfd: int | None
+    ) -> tuple[Any, HookError | None]:
+        """Send ``req``, answer every NOTIFY, return CRIU's final response and the first failure.
+
+        ``pidfd``: criu swrk's; the response is ``None`` once criu exits without answering.
+        """
         rpc = _pb()
         failure: HookError | None = None
         if not _send(sk, req):
@@ -439,7 +452,7 @@ class Criu:
         if req.type in (rpc.DUMP, rpc.RESTORE):
             self.hooks.rpc_request(request.context(_req_name(req), None))
         while True:
-            resp = _recv(sk)
+            resp = _recv(sk, pidfd)
             if resp is None or resp.type != rpc.NOTIFY:
                 return resp, failure
             action = resp.notify.script
@@ -480,6 +493,8 @@ class _Swrk:
         self.path = path
         self.sk: socket.socket | None = None
         self.pid = 0
+        self.pidfd: int | None = None
+        self.ended = ""  # after disconnect: "criu swrk (pid N) was killed by SIGKILL"
 
     def connect(self, daemon: bool) -> socket.socket:
         """Start ``criu swrk``; our end of its socket. ``daemon`` (pycriu's signature) must be False."""
@@ -502,14 +517,21 @@ class _Swrk:
             if child_fd >= 0:
                 os.close(child_fd)
         self.sk = ours
+        # The socket alone cannot tell that criu died: a task criu forked for the
+        # restore inherits its end and keeps it open. Its pidfd can.
+        self.pidfd = os.pidfd_open(self.pid)
         return ours
 
     def disconnect(self) -> None:
         if self.sk is not None:
             self.sk.close()
         if self.pid:
-            os.waitpid(self.pid, 0)
+            _, status = os.waitpid(self.pid, 0)
+            self.ended = f"criu swrk (pid {self.pid}) {_how_it_ended(status)}"
             self.pid = 0
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _send(sk: socket.socket, msg: Any) -> bool:
@@ -521,9 +543,41 @@ def _send(sk: socket.socket, msg: Any) -> bool:
     return True
 
 
-def _recv(sk: socket.socket) -> Any:
-    """One CRIU response, or ``None`` at end of connection; fds CRIU passes along are closed."""
+def _how_it_ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"was killed by {signal.Signals(sig).name}"
+        except ValueError:  # a real-time signal
+            return f"was killed by signal {sig}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _pidfd(comm: Any) -> int | None:
+    return comm.pidfd if isinstance(comm, _Swrk) else None
+
+
+def _criu_exited(sk: socket.socket, pidfd: int) -> bool:
+    """Wait until CRIU says something (``False``) or its process ``pidfd`` exited with nothing left to read."""
+    poller = select.poll()
+    poller.register(sk, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    while True:
+        ready = {fd for fd, _ in poller.poll()}
+        if sk.fileno() in ready:  # a message, or the end of the connection: read it first
+            return False
+        if pidfd in ready:
+            return True
+
+
+def _recv(sk: socket.socket, pidfd: int | None = None) -> Any:
+    """One CRIU response, or ``None`` at end of connection or when criu's process ``pidfd`` exited.
+
+    fds CRIU passes along are closed.
+    """
     rpc = _pb()
+    if pidfd is not None and _criu_exited(sk, pidfd):
+        return None
     fds = array.array("i")
     try:
         data, ancdata, flags, _ = sk.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
