@@ -15,6 +15,7 @@ symlink; ours are created ``O_EXCL`` with mode 0600 and replaced atomically
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -52,6 +53,7 @@ ND_MACVLAN = 7
 MAX_IMAGE_BYTES = 64 << 20
 MAX_LINKS = 4096
 MAX_NETDEV_ENTRIES = 4 * MAX_LINKS  # devices in one netdev image (one netns), macvlans and all others
+NETDEV_PARSE_CHUNK = 256  # netdev entries parsed (and held) at a time
 MAX_ADDRS = 256
 MAX_ROUTES = 1024
 MAX_SOURCE_MACS = 4096
@@ -233,7 +235,8 @@ def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     if not entries:
         raise ImageError(f"{name}: no head entry")
     head = pb.macvlan_head()
-    _parse(head, entries[0], name, "head")
+    with quiet_protobuf():
+        _parse(head, entries[0], name, "head")
     if head.version > VERSION:
         raise ImageError(
             f"{name}: format version {head.version} is newer than this criu-macvlan ({VERSION}); upgrade it"
@@ -245,13 +248,45 @@ def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     if head.n_links > MAX_LINKS:
         raise ImageError(f"{name}: {head.n_links} links is more than the limit of {MAX_LINKS}")
     links = []
-    for i, raw in enumerate(entries[1:]):
-        link = pb.macvlan_link()
-        _parse(link, raw, name, f"link #{i}")
-        links.append(link)
+    with quiet_protobuf():
+        for i, raw in enumerate(entries[1:]):
+            link = pb.macvlan_link()
+            _parse(link, raw, name, f"link #{i}")
+            links.append(link)
     sidecar = Sidecar(head, links)
     validate(sidecar, name)
     return sidecar
+
+
+@contextlib.contextmanager
+def quiet_protobuf() -> Iterator[None]:
+    """Parse with fd 2 pointed at /dev/null when protobuf's C++ backend is in use.
+
+    That backend logs ``[libprotobuf ERROR ...] String field ... contains invalid
+    UTF-8`` on fd 2 (CRIU's log, for an action script) and hands the field back as
+    bytes, which :func:`validate` reports in its own one line; no Python switch
+    turns the log off. The hooks parse images with no other thread writing to
+    stderr meanwhile.
+    """
+    if not _cpp_backend():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(null, 2, inheritable=True)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2, inheritable=True)
+        os.close(saved)
+
+
+def _cpp_backend() -> bool:
+    from google.protobuf.internal import api_implementation
+
+    return bool(api_implementation.Type() == "cpp")
 
 
 def parse_all(msg: Any, raw: bytes) -> None:
@@ -382,16 +417,23 @@ def iter_netdev(dir_fd: int, name: str) -> Iterator[tuple[bytes, Any]]:
     raw = unframe(data, NETDEV_MAGIC, name, max_entries=MAX_NETDEV_ENTRIES)
     del data
     cls = netdev_entry_class()
-    for i, payload in enumerate(raw):
-        entry = cls()
-        try:
-            parse_all(entry, payload)
-        except (DecodeError, RuntimeError, ValueError) as exc:
-            raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
-        if not entry.IsInitialized():
-            missing = ", ".join(entry.FindInitializationErrors())
-            raise ImageError(f"{name}: entry #{i} lacks required fields: {missing}")
-        yield payload, entry
+    for start in range(0, len(raw), NETDEV_PARSE_CHUNK):  # fd 2 is quiet while parsing only, not while yielding
+        with quiet_protobuf():
+            part = raw[start : start + NETDEV_PARSE_CHUNK]
+            chunk = [_netdev_entry(cls, name, i, payload) for i, payload in enumerate(part, start)]
+        yield from chunk
+
+
+def _netdev_entry(cls: Any, name: str, i: int, payload: bytes) -> tuple[bytes, Any]:
+    entry = cls()
+    try:
+        parse_all(entry, payload)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
+    if not entry.IsInitialized():
+        missing = ", ".join(entry.FindInitializationErrors())
+        raise ImageError(f"{name}: entry #{i} lacks required fields: {missing}")
+    return payload, entry
 
 
 def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
