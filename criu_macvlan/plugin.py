@@ -73,7 +73,7 @@ class MacvlanPlugin:
                 ctx.state[_PLAN] = todo
                 if todo is not None:
                     ctx.state[_REQUESTS] = _encode_ahead(todo[0])
-        except CriuMacvlanError as exc:
+        except Exception as exc:  # raised by the action that needs it: one report, not two
             ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
 
     @hookimpl
@@ -171,7 +171,7 @@ Found = tuple[list[pb.macvlan_link], int]  # the links and the inode of their ne
 def _prepared(ctx: ActionContext, key: str) -> Any:
     """What ``criu_rpc_request`` left under ``key`` (once); raises the error it kept."""
     value = ctx.state.pop(key, None)
-    if isinstance(value, CriuMacvlanError):
+    if isinstance(value, Exception):
         raise value
     return value
 

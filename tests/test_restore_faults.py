@@ -229,3 +229,18 @@ def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: Act
     finally:
         os.close(target)
     assert link_names(pid) == {"lo", "mv0", "mv1"}
+
+
+def test_unexpected_error_while_preparing_is_reported_once(ctx: ActionContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in criu_rpc_request's early work surfaces in the action that needs it, not also as a warning."""
+
+    def broken(ctx: ActionContext) -> None:
+        raise IsADirectoryError(21, "Is a directory")
+
+    monkeypatch.setattr(plugin, "_prepare_restore", broken)
+    macvlan = plugin.MacvlanPlugin()
+    ctx.action = "restore"
+    macvlan.criu_rpc_request(ctx)  # kept for later
+    ctx.action = "setup-namespaces"
+    with pytest.raises(IsADirectoryError):
+        macvlan.criu_setup_namespaces(ctx)
