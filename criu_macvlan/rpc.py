@@ -125,16 +125,9 @@ def _pb() -> Any:
 
 def tail_of_log(dir_fd: int, name: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` lines of ``name`` in directory ``dir_fd`` ('' if unreadable)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return ""
-    try:
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, 16384, max(0, size - 16384))
-    finally:
-        os.close(fd)
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    from .criulog import read_tail
+
+    return "\n".join(read_tail(dir_fd, name, 16384).splitlines()[-lines:])
 
 
 # ------------------------------------------------------------- options
@@ -519,7 +512,10 @@ class _Swrk:
         self.sk = ours
         # The socket alone cannot tell that criu died: a task criu forked for the
         # restore inherits its end and keeps it open. Its pidfd can.
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:  # a kernel without pidfds (< 5.3): the socket alone, as before
+            self.pidfd = None
         return ours
 
     def disconnect(self) -> None:

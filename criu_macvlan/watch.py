@@ -31,6 +31,8 @@ class CriuWatch:
                 self._fd = os.pidfd_open(pid)
             except ProcessLookupError:
                 self._gone = True
+            except OSError:  # a kernel without pidfds (< 5.3): cannot tell, go on
+                self._fd = None
 
     def gone(self) -> bool:
         if not self._gone and self._fd is not None:
