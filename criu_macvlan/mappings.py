@@ -15,9 +15,9 @@ IFNAMSIZ = 16  # includes the terminating NUL: names have at most 15 bytes
 PREFIX = "macvlan["
 
 
-# The kernel's isspace() (lib/ctype.c), applied to each byte of the name: the
-# ASCII blanks and byte 0xa0 (Latin-1's no-break space; in UTF-8 the tail of
-# U+00A0 and of U+00E0..U+00FF's neighbours ending in a0, such as "à").
+# The kernel's isspace() (lib/ctype.c), applied to each byte of the name: the ASCII
+# blanks and byte 0xa0 (Latin-1's no-break space), which is also the second UTF-8
+# byte of characters such as U+00A0 and "à" (U+00E0): names with those are refused.
 _KERNEL_BLANKS = frozenset(b"\t\n\v\f\r \xa0")
 _REFUSED = frozenset(b"/:\0") | _KERNEL_BLANKS
 
@@ -28,8 +28,8 @@ def check_ifname(name: str, what: str = "interface name") -> str:
     Exactly the kernel's ``dev_valid_name`` (net/core/dev.c) on the UTF-8 bytes:
     1 to 15 bytes, not ``.`` or ``..``, no ``/``, ``:``, NUL or byte its
     ``isspace()`` counts as blank; and no ``%``, which ``dev_get_valid_name``
-    expands as a template, so no link is ever named with one. Other characters Python calls whitespace
-    (U+2003, ``\x1f``, ...) are fine to the kernel.
+    expands as a template, so no link is ever named with one. Other characters
+    Python calls whitespace (U+2003, ``\x1f``, ...) are fine to the kernel.
     """
     raw = name.encode("utf-8", "surrogateescape")
     if not raw:
@@ -39,11 +39,11 @@ def check_ifname(name: str, what: str = "interface name") -> str:
     if raw in (b".", b".."):
         raise UsageError(f"{what} {name!r} is not allowed")
     bad = next((byte for byte in raw if byte in _REFUSED), None)
-    if bad is None and b"%" in raw:  # dev_get_valid_name: a template ("eth%d"), never a link's own name
-        raise UsageError(f"{what} {name!r} contains '%' (the kernel takes it as a name template)")
     if bad is not None:
         shown = repr(chr(bad)) if bad < 0x80 else f"byte {bad:#x} (a blank to the kernel)"
         raise UsageError(f"{what} {name!r} contains {shown}")
+    if b"%" in raw:
+        raise UsageError(f"{what} {name!r} contains '%' (the kernel takes it as a name template)")
     return name
 
 

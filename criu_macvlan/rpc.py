@@ -558,12 +558,8 @@ def _criu_exited(sk: socket.socket, pidfd: int) -> bool:
     poller = select.poll()
     poller.register(sk, select.POLLIN)
     poller.register(pidfd, select.POLLIN)
-    while True:
-        ready = {fd for fd, _ in poller.poll()}
-        if sk.fileno() in ready:  # a message, or the end of the connection: read it first
-            return False
-        if pidfd in ready:
-            return True
+    ready = {fd for fd, _ in poller.poll()}
+    return sk.fileno() not in ready  # a message, or the end of the connection, is read first
 
 
 def _recv(sk: socket.socket, pidfd: int | None = None) -> Any:

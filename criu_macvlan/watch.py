@@ -36,7 +36,9 @@ class CriuWatch:
 
     def gone(self) -> bool:
         if not self._gone and self._fd is not None:
-            self._gone = bool(select.select([self._fd], [], [], 0)[0])
+            poller = select.poll()  # not select(): an engine's fds may be numbered beyond FD_SETSIZE
+            poller.register(self._fd, select.POLLIN)
+            self._gone = bool(poller.poll(0))
         return self._gone
 
     def alive(self) -> bool:
