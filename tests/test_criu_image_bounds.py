@@ -15,8 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ACTION_SCRIPT, Net, Procs, criu
 
 from criu_macvlan import images
+from criu_macvlan import images as images_mod
 from criu_macvlan.errors import ExitCode, ImageError
 
 EMPTY_ENTRY = b"\0\0\0\0"  # a size field of 0: an entry with no bytes
@@ -76,3 +78,22 @@ def test_check_of_a_planted_netdev_image_stays_small(tmp_path: Path) -> None:
         f"criu-macvlan: netdev-98.img: more than {images.MAX_NETDEV_ENTRIES} entries"
     ], res.stderr
     assert res.returncode == ExitCode.CHECK
+
+
+@pytest.mark.integration
+def test_restore_with_a_planted_netdev_image_fails_in_one_line(net: Net, procs: Procs, images: Path) -> None:
+    """16 MiB of empty entries next to a real dump: the action script refuses it at once."""
+    a, b = net.veth("pa"), net.veth("pb")
+    pid = procs.tree()
+    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
+    script = ["--action-script", str(ACTION_SCRIPT)]
+    criu("dump", "-t", str(pid), *script, images=images, log="dump.log")
+    planted(images, (16 << 20) // len(EMPTY_ENTRY))
+    res = criu("restore", "-d", *script, "--external", f"macvlan[mv0]:{b}", images=images, log="restore.log",
+               check=False, timeout=120)
+    assert res.returncode != 0
+    log = (images / "restore.log").read_text(errors="replace")
+    ours = [line for line in log.splitlines() if "criu-macvlan-action:" in line]
+    assert ours == [
+        f"criu-macvlan-action: setup-namespaces: netdev-98.img: more than {images_mod.MAX_NETDEV_ENTRIES} entries"
+    ]
