@@ -77,6 +77,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             externals=opts.externals,
             empty_ns=True if opts.empty_ns_net else None,
             log=log,
+            criu_pid=env_pid,
         )
         hooks.run(ctx)
         if env_pid is not None:

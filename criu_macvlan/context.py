@@ -71,6 +71,9 @@ class ActionContext:
             in its log).
         state: scratch space that lives as long as one RPC session (in action-script
             mode: one action), for plugins to keep things between hooks.
+        criu_pid: the CRIU process the hook works for, where known (the action
+            script's CRIU, the driver's ``criu swrk``): a hook doing long work
+            while CRIU waits stops when it exits (:mod:`.watch`).
     """
 
     action: str
@@ -83,3 +86,4 @@ class ActionContext:
     announce: str | bool | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("criu_macvlan"))
     state: dict[str, Any] = field(default_factory=dict)
+    criu_pid: int | None = None

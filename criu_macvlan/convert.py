@@ -26,8 +26,7 @@ def sidecar_from_netdev(dir_fd: int) -> images.Sidecar:
     links = []
     for name in images.netdev_images(dir_fd):
         m = images.NETDEV_NAME.fullmatch(name)
-        _, entries = images.read_netdev(dir_fd, name)
-        for e in entries:
+        for _, e in images.iter_netdev(dir_fd, name):
             if e.type != images.ND_MACVLAN or not e.HasField("macvlan"):
                 continue
             link = pb.macvlan_link(

@@ -15,13 +15,15 @@ symlink; ours are created ``O_EXCL`` with mode 0600 and replaced atomically
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import stat
 import struct
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,8 @@ ND_MACVLAN = 7
 
 MAX_IMAGE_BYTES = 64 << 20
 MAX_LINKS = 4096
+MAX_NETDEV_ENTRIES = 4 * MAX_LINKS  # devices in one netdev image (one netns), macvlans and all others
+NETDEV_PARSE_CHUNK = 256  # netdev entries parsed (and held) at a time
 MAX_ADDRS = 256
 MAX_ROUTES = 1024
 MAX_SOURCE_MACS = 4096
@@ -109,17 +113,50 @@ def unframe(data: bytes, magic: int, name: str, max_entries: int | None = None) 
 # ------------------------------------------------------------ file access
 
 
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISLNK, "a symlink"),
+)
+
+
+def _not_regular(name: str, mode: int) -> ImageError | None:
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((what for test, what in _KINDS if test(mode)), f"of file type {stat.S_IFMT(mode):#o}")
+    return ImageError(f"{name}: is {kind}, not a regular file")
+
+
 def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | None:
-    """Read ``name`` from the images dir, or ``None`` if it does not exist."""
+    """Read ``name`` from the images dir, or ``None`` if it does not exist.
+
+    Only a regular file is read. ``O_NONBLOCK``: opening a FIFO would wait for a
+    writer (forever, while CRIU waits for us); ``O_NOCTTY``: a planted tty never
+    becomes our controlling terminal.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise ImageError(f"{name}: is a symlink; refusing to follow it") from exc
-        raise ImageError(f"{name}: {exc.strerror}") from exc
+        try:  # a socket (ENXIO) or a device on a nodev mount (EACCES): say what it is
+            special = _not_regular(name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            special = None
+        raise (special or ImageError(f"{name}: {exc.strerror}")) from exc
     try:
+        st = os.fstat(fd)
+        special = _not_regular(name, st.st_mode)
+        if special is not None:
+            raise special
+        if st.st_size > limit:
+            raise ImageError(f"{name}: larger than {limit} bytes")
         with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(limit + 1)
     finally:
@@ -203,7 +240,8 @@ def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     if not entries:
         raise ImageError(f"{name}: no head entry")
     head = pb.macvlan_head()
-    _parse(head, entries[0], name, "head")
+    with quiet_protobuf():
+        _parse(head, entries[0], name, "head")
     if head.version > VERSION:
         raise ImageError(
             f"{name}: format version {head.version} is newer than this criu-macvlan ({VERSION}); upgrade it"
@@ -215,13 +253,45 @@ def decode(data: bytes, name: str = SIDECAR) -> Sidecar:
     if head.n_links > MAX_LINKS:
         raise ImageError(f"{name}: {head.n_links} links is more than the limit of {MAX_LINKS}")
     links = []
-    for i, raw in enumerate(entries[1:]):
-        link = pb.macvlan_link()
-        _parse(link, raw, name, f"link #{i}")
-        links.append(link)
+    with quiet_protobuf():
+        for i, raw in enumerate(entries[1:]):
+            link = pb.macvlan_link()
+            _parse(link, raw, name, f"link #{i}")
+            links.append(link)
     sidecar = Sidecar(head, links)
     validate(sidecar, name)
     return sidecar
+
+
+@contextlib.contextmanager
+def quiet_protobuf() -> Iterator[None]:
+    """Parse with fd 2 pointed at /dev/null when protobuf's C++ backend is in use.
+
+    That backend logs ``[libprotobuf ERROR ...] String field ... contains invalid
+    UTF-8`` on fd 2 (CRIU's log, for an action script) and hands the field back as
+    bytes, which :func:`validate` reports in its own one line; no Python switch
+    turns the log off. The hooks parse images with no other thread writing to
+    stderr meanwhile.
+    """
+    if not _cpp_backend():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(null, 2, inheritable=True)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2, inheritable=True)
+        os.close(saved)
+
+
+def _cpp_backend() -> bool:
+    from google.protobuf.internal import api_implementation
+
+    return bool(api_implementation.Type() == "cpp")
 
 
 def parse_all(msg: Any, raw: bytes) -> None:
@@ -338,6 +408,7 @@ class NetdevSummary:
     native: list[tuple[str, int]]  # MACVLAN entries CRIU would recreate itself
     converted: list[tuple[str, int]]  # EXTLINK entries we converted (they keep their macvlan field)
     ipv6_off: list[str] = field(default_factory=list)  # converted entries saved with disable_ipv6 = 1
+    devices: list[tuple[str, int]] = field(default_factory=list)  # every entry
 
 
 # An entry's conf6 holds CRIU's per-device IPv6 sysctls by position, in the order of
@@ -355,32 +426,57 @@ def ipv6_disabled(entry: Any) -> bool:
     )
 
 
-def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
+def iter_netdev(dir_fd: int, name: str) -> Iterator[tuple[bytes, Any]]:
+    """Each entry of a netdev image: its bytes and the parsed ``net_device_entry``.
+
+    Bounded as the sidecar is: the file's size, the number of entries, and the
+    memory (one parsed entry at a time; callers keep only what they need).
+    """
     data = read_file(dir_fd, name)
     if data is None:
         raise ImageError(f"{name}: missing")
-    raw = unframe(data, NETDEV_MAGIC, name)
+    raw = unframe(data, NETDEV_MAGIC, name, max_entries=MAX_NETDEV_ENTRIES)
+    del data
     cls = netdev_entry_class()
-    parsed = []
-    for i, payload in enumerate(raw):
-        entry = cls()
-        try:
-            parse_all(entry, payload)
-        except DecodeError as exc:
-            raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
+    for start in range(0, len(raw), NETDEV_PARSE_CHUNK):  # fd 2 is quiet while parsing only, not while yielding
+        with quiet_protobuf():
+            part = raw[start : start + NETDEV_PARSE_CHUNK]
+            chunk = [_netdev_entry(cls, name, i, payload) for i, payload in enumerate(part, start)]
+        yield from chunk
+
+
+def _netdev_entry(cls: Any, name: str, i: int, payload: bytes) -> tuple[bytes, Any]:
+    entry = cls()
+    try:
+        parse_all(entry, payload)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ImageError(f"{name}: entry #{i} is not a net_device_entry ({exc})") from exc
+    if not entry.IsInitialized():
+        missing = ", ".join(entry.FindInitializationErrors())
+        raise ImageError(f"{name}: entry #{i} lacks required fields: {missing}")
+    return payload, entry
+
+
+def read_netdev(dir_fd: int, name: str) -> tuple[list[bytes], list[Any]]:
+    """Every entry of a netdev image at once (:func:`iter_netdev` keeps less in memory)."""
+    raw: list[bytes] = []
+    parsed: list[Any] = []
+    for payload, entry in iter_netdev(dir_fd, name):
+        raw.append(payload)
         parsed.append(entry)
     return raw, parsed
 
 
 def summarize_netdev(dir_fd: int, name: str) -> NetdevSummary:
-    return summarize_entries(read_netdev(dir_fd, name)[1])
+    return summarize_entries(entry for _, entry in iter_netdev(dir_fd, name))
 
 
-def summarize_entries(entries: list[Any]) -> NetdevSummary:
+def summarize_entries(entries: Iterable[Any]) -> NetdevSummary:
     """The macvlans among parsed ``net_device_entry`` messages."""
     summary = NetdevSummary([], [])
     for e in entries:
         key = (e.name, e.ifindex)
+        summary.devices.append(key)
         if e.type == ND_MACVLAN:
             summary.native.append(key)
         elif e.type == ND_EXTLINK and e.HasField("macvlan"):
@@ -405,12 +501,11 @@ def convert_netdev(dir_fd: int, name: str, ifindexes: set[int], to_native: bool 
     entries again, each with its ~100 sysctl values, cost the post-dump of a
     tree with many links ~60 us per link while the tree is frozen.
     """
-    raw, entries = read_netdev(dir_fd, name)
     old, new = (ND_EXTLINK, ND_MACVLAN) if to_native else (ND_MACVLAN, ND_EXTLINK)
     retype = netdev_entry_class()(type=new).SerializePartialToString()
     changed = 0
     out = []
-    for payload, e in zip(raw, entries, strict=True):
+    for payload, e in iter_netdev(dir_fd, name):
         if e.type == old and e.ifindex in ifindexes and e.HasField("macvlan"):
             payload += retype
             changed += 1

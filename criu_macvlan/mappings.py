@@ -15,18 +15,35 @@ IFNAMSIZ = 16  # includes the terminating NUL: names have at most 15 bytes
 PREFIX = "macvlan["
 
 
+# The kernel's isspace() (lib/ctype.c), applied to each byte of the name: the ASCII
+# blanks and byte 0xa0 (Latin-1's no-break space), which is also the second UTF-8
+# byte of characters such as U+00A0 and "à" (U+00E0): names with those are refused.
+_KERNEL_BLANKS = frozenset(b"\t\n\v\f\r \xa0")
+_REFUSED = frozenset(b"/:\0") | _KERNEL_BLANKS
+
+
 def check_ifname(name: str, what: str = "interface name") -> str:
-    """Return ``name`` if the kernel would accept it as an interface name (``dev_valid_name``)."""
+    """Return ``name`` if the kernel would accept it as an interface name.
+
+    Exactly the kernel's ``dev_valid_name`` (net/core/dev.c) on the UTF-8 bytes:
+    1 to 15 bytes, not ``.`` or ``..``, no ``/``, ``:``, NUL or byte its
+    ``isspace()`` counts as blank; and no ``%``, which ``dev_get_valid_name``
+    expands as a template, so no link is ever named with one. Other characters
+    Python calls whitespace (U+2003, ``\x1f``, ...) are fine to the kernel.
+    """
     raw = name.encode("utf-8", "surrogateescape")
     if not raw:
         raise UsageError(f"empty {what}")
     if len(raw) >= IFNAMSIZ:
         raise UsageError(f"{what} {name!r} is longer than {IFNAMSIZ - 1} bytes")
-    if name in (".", ".."):
+    if raw in (b".", b".."):
         raise UsageError(f"{what} {name!r} is not allowed")
-    bad = [c for c in name if c in "/:\0" or c.isspace()]
-    if bad:
-        raise UsageError(f"{what} {name!r} contains {bad[0]!r}")
+    bad = next((byte for byte in raw if byte in _REFUSED), None)
+    if bad is not None:
+        shown = repr(chr(bad)) if bad < 0x80 else f"byte {bad:#x} (a blank to the kernel)"
+        raise UsageError(f"{what} {name!r} contains {shown}")
+    if b"%" in raw:
+        raise UsageError(f"{what} {name!r} contains '%' (the kernel takes it as a name template)")
     return name
 
 

@@ -246,6 +246,7 @@ BATCH_BYTES = 32 << 10  # of RTM_NEWLINK requests per send (the socket's send bu
 PIPELINE_LINKS = 256  # above this many links, encode them in a thread while the kernel works (~2 batches)
 Keep = Callable[[Any], Any]  # a dump's reply -> what to keep of it, or None
 Results = list[tuple[pb.macvlan_link, NetlinkError | None]]  # each link sent, and its error if it failed
+KeepGoing = Callable[[], bool] | None  # asked between batches of new links
 
 
 class Rtnl:
@@ -362,32 +363,37 @@ class Rtnl:
         if error is not None:
             raise error
 
-    def create_macvlans(self, items: Sequence[tuple[pb.macvlan_link, int]], target_fd: int) -> Results:
+    def create_macvlans(
+        self, items: Sequence[tuple[pb.macvlan_link, int]], target_fd: int, keep_going: KeepGoing = None
+    ) -> Results:
         """Create each ``(link, parent_index)`` in the netns ``target_fd``: ``(link, error or None)`` each.
 
         The requests go out back to back, a batch of about ``BATCH_BYTES`` per send,
         and the ACKs are read after each batch: one round trip per batch, not per
         link. The kernel handles every request of a batch on its own, so links after
         a failed one in the same batch may exist; no further batch is sent after a
-        failure, and the result has an entry for every link sent.
+        failure, and the result has an entry for every link sent. ``keep_going``
+        is asked before each batch after the first: ``False`` sends no more.
 
         Beyond ``PIPELINE_LINKS`` links a thread encodes the requests while the
         kernel makes the links of the batch sent before (``sendto`` runs without
         the GIL): pyroute2's encoding and the kernel's work overlap.
         """
         requests = ((link, _encode(_macvlan_msg(link, index, target_fd))) for link, index in items)
-        return self._create(_ahead(requests) if len(items) > PIPELINE_LINKS else requests)
+        return self._create(_ahead(requests) if len(items) > PIPELINE_LINKS else requests, keep_going)
 
-    def create_prepared(self, prepared: PreparedMacvlans, target_fd: int) -> Results:
+    def create_prepared(self, prepared: PreparedMacvlans, target_fd: int, keep_going: KeepGoing = None) -> Results:
         """:meth:`create_macvlans` with requests encoded ahead of time, into the netns ``target_fd``."""
         os.dup2(target_fd, prepared.slot, inheritable=False)  # the requests name this fd number
-        return self._create(iter(prepared.requests))
+        return self._create(iter(prepared.requests), keep_going)
 
-    def _create(self, requests: Iterator[tuple[pb.macvlan_link, bytes]]) -> Results:
+    def _create(self, requests: Iterator[tuple[pb.macvlan_link, bytes]], keep_going: KeepGoing) -> Results:
         results: Results = []
         batch: list[tuple[pb.macvlan_link, bytes]] = []
         size = 0
         for link, request in requests:
+            if not batch and results and keep_going is not None and not keep_going():
+                return results
             batch.append((link, request))
             size += len(request)
             if size >= BATCH_BYTES:

@@ -86,7 +86,7 @@ class MacvlanPlugin:
                     if schedule is not None and schedule.rounds > 1:
                         with contextlib.suppress(OSError):  # else post-setup-namespaces forks it
                             ctx.state[_REPEATER] = announcer.Repeater(schedule)  # now, not while CRIU waits
-        except CriuMacvlanError as exc:
+        except Exception as exc:  # raised by the action that needs it: one report, not two
             ctx.state[_READ if ctx.action == "dump" else _PLAN] = exc
 
     @hookimpl
@@ -259,7 +259,7 @@ Found = tuple[list[pb.macvlan_link], int]  # the links and the inode of their ne
 def _prepared(ctx: ActionContext, key: str) -> Any:
     """What ``criu_rpc_request`` left under ``key`` (once); raises the error it kept."""
     value = ctx.state.pop(key, None)
-    if isinstance(value, CriuMacvlanError):
+    if isinstance(value, Exception):
         raise value
     return value
 
@@ -558,9 +558,10 @@ def restore_links(
     fit (every link to make, on the same parents).
     """
     from .netlink import Rtnl
+    from .watch import CriuWatch
 
     created: list[pb.macvlan_link] = []
-    with Rtnl(None) as host, Rtnl(target) as inside:
+    with Rtnl(None) as host, Rtnl(target) as inside, CriuWatch(ctx.criu_pid) as criu:
         _resolve_parents(host, plan)
         existing = _existing(inside)
         by_name = {msg.get_attr("IFLA_IFNAME"): msg for msg in existing.values()}
@@ -581,15 +582,18 @@ def restore_links(
                 todo.append(item)
             items = [(item.link, item.parent_index) for item in todo]
             if requests is not None and len(todo) == len(plan) and requests.parents == [i for _, i in items]:
-                results = host.create_prepared(requests, target)
+                results = host.create_prepared(requests, target, criu.alive)
             else:
-                results = host.create_macvlans(items, target)
+                results = host.create_macvlans(items, target, criu.alive)
             created += [link for link, error in results if error is None]
             for item, (link, error) in zip(todo, results, strict=False):  # no results past a failed batch
                 if error is not None:
                     raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {error}") from error
+            # CRIU died meanwhile: nothing will use these links, and its orphaned task keeps their netns
+            criu.check(f"the macvlans were being made ({len(created)} of {len(plan)}): removed them")
             if with_l3:
                 _restore_l3(plan, inside)
+                criu.check("the macvlans' addresses and routes were being restored: removed the macvlans")
             else:
                 _keep_ipv6_off([item.link.name for item in todo if item.ipv6_off], target)
         except BaseException:

@@ -49,13 +49,12 @@ def _netdev_devices(dir_fd: int, rep: Report) -> tuple[dict[str, images.NetdevSu
     devices: list[tuple[str, int, bool]] = []
     for name in images.netdev_images(dir_fd):
         try:
-            _, entries = images.read_netdev(dir_fd, name)
+            summaries[name] = summary = images.summarize_netdev(dir_fd, name)
         except ImageError as exc:
             rep.problems.append(str(exc))
             continue
-        summaries[name] = summary = images.summarize_entries(entries)
         converted = set(summary.converted)
-        devices += [(e.name, e.ifindex, (e.name, e.ifindex) in converted) for e in entries]
+        devices += [(n, i, (n, i) in converted) for n, i in summary.devices]
     return summaries, devices
 
 

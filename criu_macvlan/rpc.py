@@ -48,7 +48,9 @@ import array
 import fcntl
 import logging
 import os
+import select
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Iterable, Mapping
@@ -130,16 +132,9 @@ def _pb() -> Any:
 
 def tail_of_log(dir_fd: int, name: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` lines of ``name`` in directory ``dir_fd`` ('' if unreadable)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return ""
-    try:
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, 16384, max(0, size - 16384))
-    finally:
-        os.close(fd)
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+    from .criulog import read_tail
+
+    return "\n".join(read_tail(dir_fd, name, 16384).splitlines()[-lines:])
 
 
 # ------------------------------------------------------------- options
@@ -191,6 +186,7 @@ class _Request:
             work_dir = values.pop("work_dir", None)
             if work_dir is not None:
                 self.work = open_images(work_dir, "directory").fd
+            self.log_dir = os.path.abspath(work_dir if work_dir is not None else images_dir)
             empty_ns_net = bool(values.pop("empty_ns_net", False))
             self.announce: str | bool | None = values.pop("announce", None)
             if self.announce is not None:
@@ -225,6 +221,7 @@ class _Request:
             raise
         self.pid: int | None = self.opts.pid if self.opts.HasField("pid") else None
         self.state: dict[str, Any] = {}
+        self.criu_pid: int | None = None  # criu swrk's, when we started it
 
     def _add_config_file(self, path: str) -> None:
         from . import criuconf
@@ -251,11 +248,28 @@ class _Request:
             announce=self.announce,
             log=log,
             state=self.state,
+            criu_pid=self.criu_pid,
         )
 
+    def _log_name(self) -> str:
+        return str(self.opts.log_file) if self.opts.HasField("log_file") else DEFAULT_LOG_FILE
+
     def log_tail(self) -> str:
-        name = self.opts.log_file if self.opts.HasField("log_file") else DEFAULT_LOG_FILE
-        return tail_of_log(self.work if self.work is not None else self.images.fd, name)
+        return tail_of_log(self._log_dir_fd(), self._log_name())
+
+    def _log_dir_fd(self) -> int:
+        return self.work if self.work is not None else self.images.fd
+
+    def why(self, resp: Any) -> str:
+        """``: <cause> (CRIU's log: PATH)``: the cause CRIU's log names (else its answer), and where the log is."""
+        from . import criulog
+
+        log = criulog.read_tail(self._log_dir_fd(), self._log_name())
+        reason = criulog.cause(log)
+        if reason is None and resp is not None:
+            reason = _resp_error(resp, default="")
+        where = f"CRIU's log: {os.path.join(self.log_dir, self._log_name())}" if log else "CRIU wrote no log"
+        return f": {reason} ({where})" if reason else f" ({where})"
 
     def close(self) -> None:
         if self.work is not None:
@@ -387,7 +401,7 @@ class Criu:
     def _simple(self, req: Any) -> Any:
         comm, sk = self._connect()
         try:
-            resp = _recv(sk) if _send(sk, req) else None
+            resp = _recv(sk, _pidfd(comm)) if _send(sk, req) else None
         finally:
             comm.disconnect()
         if resp is None:
@@ -412,10 +426,12 @@ class Criu:
         except BaseException:
             comm.disconnect()
             raise
+        if isinstance(comm, _Swrk):
+            request.criu_pid = comm.pid
         try:
             req = rpc.criu_req(type=getattr(rpc, kind), opts=request.opts)
             try:
-                resp, failure = self._converse(sk, req, request)
+                resp, failure = self._converse(sk, req, request, _pidfd(comm))
             finally:
                 comm.disconnect()
             name = _req_name(req)
@@ -423,18 +439,24 @@ class Criu:
                 failure.log_tail = request.log_tail()
                 raise failure
             if resp is None:
-                tail = request.log_tail()
-                raise CriuError(f"criu {name}: criu closed the connection{_last_error(tail)}", tail)
+                ended = comm.ended if isinstance(comm, _Swrk) else ""
+                what = f"{ended} before it answered" if ended else "criu closed the connection"
+                raise CriuError(f"criu {name}: {what}{request.why(None)}", request.log_tail())
             if not resp.success:
                 tail = request.log_tail()
                 why = _explain(request, tail) if restore else ""
-                raise CriuError(f"criu {name} failed: {_resp_error(resp)}{_last_error(tail)}{why}", tail)
+                raise CriuError(f"criu {name} failed{request.why(resp)}{why}", tail)
             return resp
         finally:
             request.close()
 
-    def _converse(self, sk: socket.socket, req: Any, request: _Request) -> tuple[Any, HookError | None]:
-        """Send ``req``, answer every NOTIFY, return CRIU's final response and the first failure."""
+    def _converse(
+        self, sk: socket.socket, req: Any, request: _Request, pidfd: int | None
+    ) -> tuple[Any, HookError | None]:
+        """Send ``req``, answer every NOTIFY, return CRIU's final response and the first failure.
+
+        ``pidfd``: criu swrk's; the response is ``None`` once criu exits without answering.
+        """
         rpc = _pb()
         failure: HookError | None = None
         if not _send(sk, req):
@@ -442,7 +464,7 @@ class Criu:
         if req.type in (rpc.DUMP, rpc.RESTORE):
             self.hooks.rpc_request(request.context(_req_name(req), None))
         while True:
-            resp = _recv(sk)
+            resp = _recv(sk, pidfd)
             if resp is None or resp.type != rpc.NOTIFY:
                 return resp, failure
             action = resp.notify.script
@@ -483,6 +505,8 @@ class _Swrk:
         self.path = path
         self.sk: socket.socket | None = None
         self.pid = 0
+        self.pidfd: int | None = None
+        self.ended = ""  # after disconnect: "criu swrk (pid N) was killed by SIGKILL"
 
     def connect(self, daemon: bool) -> socket.socket:
         """Start ``criu swrk``; our end of its socket. ``daemon`` (pycriu's signature) must be False."""
@@ -505,14 +529,24 @@ class _Swrk:
             if child_fd >= 0:
                 os.close(child_fd)
         self.sk = ours
+        # The socket alone cannot tell that criu died: a task criu forked for the
+        # restore inherits its end and keeps it open. Its pidfd can.
+        try:
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:  # a kernel without pidfds (< 5.3): the socket alone, as before
+            self.pidfd = None
         return ours
 
     def disconnect(self) -> None:
         if self.sk is not None:
             self.sk.close()
         if self.pid:
-            os.waitpid(self.pid, 0)
+            _, status = os.waitpid(self.pid, 0)
+            self.ended = f"criu swrk (pid {self.pid}) {_how_it_ended(status)}"
             self.pid = 0
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 def _explain(request: _Request, tail: str) -> str:
@@ -532,9 +566,37 @@ def _send(sk: socket.socket, msg: Any) -> bool:
     return True
 
 
-def _recv(sk: socket.socket) -> Any:
-    """One CRIU response, or ``None`` at end of connection; fds CRIU passes along are closed."""
+def _how_it_ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            return f"was killed by {signal.Signals(sig).name}"
+        except ValueError:  # a real-time signal
+            return f"was killed by signal {sig}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _pidfd(comm: Any) -> int | None:
+    return comm.pidfd if isinstance(comm, _Swrk) else None
+
+
+def _criu_exited(sk: socket.socket, pidfd: int) -> bool:
+    """Wait until CRIU says something (``False``) or its process ``pidfd`` exited with nothing left to read."""
+    poller = select.poll()
+    poller.register(sk, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll()}
+    return sk.fileno() not in ready  # a message, or the end of the connection, is read first
+
+
+def _recv(sk: socket.socket, pidfd: int | None = None) -> Any:
+    """One CRIU response, or ``None`` at end of connection or when criu's process ``pidfd`` exited.
+
+    fds CRIU passes along are closed.
+    """
     rpc = _pb()
+    if pidfd is not None and _criu_exited(sk, pidfd):
+        return None
     fds = array.array("i")
     try:
         data, ancdata, flags, _ = sk.recvmsg(MAX_MSG, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
@@ -558,15 +620,15 @@ def _req_name(req: Any) -> str:
     return str(_pb().criu_req_type.Name(req.type)).lower().replace("_", "-")
 
 
-def _resp_error(resp: Any) -> str:
+def _resp_error(resp: Any, default: str = "see CRIU's log") -> str:
+    """CRIU's own word on a failure, one line: its first error (``cr_errmsg``) unless harmless, else the errno."""
+    from . import criulog
+
     if resp.HasField("cr_errmsg") and resp.cr_errmsg:
-        return str(resp.cr_errmsg)
+        text = " ".join(str(resp.cr_errmsg).split())
+        message = criulog.error_message(text) or text
+        if criulog.is_cause(message):
+            return message
     if resp.HasField("cr_errno") and resp.cr_errno:
         return f"{os.strerror(resp.cr_errno)} (errno {resp.cr_errno})"
-    return "see CRIU's log"
-
-
-def _last_error(tail: str) -> str:
-    """`` (CRIU: <its last error line>)`` from a log tail, or ''."""
-    errors = [line for line in tail.splitlines() if line.startswith("Error (")]
-    return f" (CRIU: {errors[-1]})" if errors else ""
+    return default

@@ -226,10 +226,14 @@ def images(tmp_path: Path) -> Path:
 
 
 def criu(
-    *args: str, images: Path, log: str, check: bool = True, env: dict[str, str] | None = None
+    *args: str, images: Path, log: str, check: bool = True, env: dict[str, str] | None = None,
+    timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real criu with ``-D images -v4 -o log``; on failure show the end of its log."""
-    res = run(CRIU, *args, "-D", str(images), "-v4", "-o", log, check=False, env=env)
+    """Run the real criu with ``-D images -v4 -o log``; on failure show the end of its log.
+
+    ``timeout``: a deadline for a hang (raises ``TimeoutExpired``), not a speed check.
+    """
+    res = run(CRIU, *args, "-D", str(images), "-v4", "-o", log, check=False, env=env, timeout=timeout)
     if check and res.returncode != 0:
         tail = (images / log).read_text(errors="replace").splitlines()[-40:] if (images / log).exists() else []
         pytest.fail(f"criu {args[0]} failed ({res.returncode}): {res.stderr}\n" + "\n".join(tail))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,59 @@ def test_hook_never_imports_from_its_working_directory(installed: Path, tmp_path
         "CRTOOLS_IMAGE_DIR": str(tmp_path)}, cwd=tmp_path, capture_output=True, text=True, check=False,
     )
     assert res.returncode == 0, res.stderr
+
+
+def _apt_policy(*packages: str) -> str:
+    try:
+        return subprocess.run(["apt-cache", "policy", *packages], capture_output=True, text=True, check=True,
+                              timeout=60, env={**os.environ, "LC_ALL": "C"}).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def installed_from(package: str, policy: str | None = None) -> tuple[str, list[str]]:
+    """The installed version of ``package`` and the apt sources that offer exactly that version."""
+    installed, current, sources = "", "", []
+    for line in (_apt_policy(package) if policy is None else policy).splitlines():
+        if line.strip().startswith("Installed:"):
+            installed = line.split()[1]
+        elif version := re.match(r"^ (?:\*\*\*| {3}) (\S+) -?\d+$", line):
+            current = version.group(1)
+        elif (source := re.match(r"^ {8}-?\d+ (.+)$", line)) and current == installed:
+            sources.append(source.group(1))
+    return installed, sources
+
+
+def test_setup_kept_bookworms_python_on_a_debian_12_host() -> None:
+    """On a host whose main release is bookworm, make setup takes criu from trixie but leaves python3 alone.
+
+    (A Debian 13 host uses its own criu: nothing comes from another release there.)
+    """
+    if not re.search(r"[ ,]n=bookworm,", _apt_policy()):
+        pytest.skip("not a Debian 12 host (apt has no bookworm release)")
+    version, sources = installed_from("python3")
+    assert any(" bookworm/" in s for s in sources), f"python3 {version} is not bookworm's: {sources}"
+    assert version.startswith("3.11"), version
+    out = subprocess.run(["/usr/bin/python3", "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("Python 3.11."), out
+    protobuf, sources = installed_from("python3-protobuf")
+    if protobuf and protobuf != "(none)":
+        assert any(" bookworm/" in s for s in sources), f"python3-protobuf {protobuf} is not bookworm's: {sources}"
+
+
+def test_a_moved_python_is_seen() -> None:
+    """What the check above saw on a Debian 12 host before make setup kept its Python: trixie's 3.13."""
+    moved = (
+        "python3:\n"
+        "  Installed: 3.13.5-1\n"
+        "  Candidate: 3.13.5-1\n"
+        "  Version table:\n"
+        " *** 3.13.5-1 100\n"
+        "        100 http://deb.debian.org/debian trixie/main amd64 Packages\n"
+        "        100 /var/lib/dpkg/status\n"
+        "     3.11.2-1+b1 500\n"
+        "        500 http://deb.debian.org/debian bookworm/main amd64 Packages\n"
+    )
+    version, sources = installed_from("python3", moved)
+    assert version == "3.13.5-1"
+    assert not any(" bookworm/" in s for s in sources)

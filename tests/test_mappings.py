@@ -93,3 +93,21 @@ def test_from_externals_ignores_other_kinds() -> None:
         from_externals(["macvlan[mv0]:eth0", "macvlan[mv0]:eth2"])
     with pytest.raises(UsageError, match="expected macvlan"):
         from_externals(["macvlan[mv0:eth0"])
+
+
+@pytest.mark.parametrize("name", ["e\u2003x", "a\x1fb", "a\x1cb", "a\x7fb", "a\x85b", "\u3000", "x\u00e9"])
+def test_names_the_kernel_accepts(name: str) -> None:
+    """Only the kernel's own blanks are refused, not every character Python calls whitespace."""
+    assert check_ifname(name) == name
+    assert parse_mapping(f"macvlan[{name}]:eth0") == (name, "eth0")
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("x\u00a0y", "byte 0xa0"), ("x\u00e0y", "byte 0xa0"), ("a\vb", "'\\x0b'"), ("a\rb", "'\\r'")],
+)
+def test_names_with_a_kernel_blank(name: str, problem: str) -> None:
+    """The kernel's isspace() also counts byte 0xa0 (so "à", c3 a0 in UTF-8, is refused too)."""
+    with pytest.raises(UsageError) as info:
+        check_ifname(name)
+    assert f"contains {problem}" in str(info.value)

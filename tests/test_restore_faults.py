@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -47,6 +48,7 @@ class FakeRtnl:
     fail_at: int | None = None
     fail_delete: bool = False
     fail_l3: bool | str = False
+    before_create: Callable[[int], None] | None = None
 
     def __init__(self, netns_fd: int | None = None) -> None:
         self.where = "host" if netns_fd is None else "inside"
@@ -61,11 +63,15 @@ class FakeRtnl:
         return []
 
     def create_macvlans(
-        self, items: list[tuple[pb.macvlan_link, int]], target_fd: int
+        self, items: list[tuple[pb.macvlan_link, int]], target_fd: int, keep_going: Callable[[], bool] | None = None
     ) -> list[tuple[pb.macvlan_link, NetlinkError | None]]:
         results: list[tuple[pb.macvlan_link, NetlinkError | None]] = []
         for link, _ in items:
+            if results and keep_going is not None and not keep_going():  # batches of one link
+                break
             position = sum(1 for c in FakeRtnl.calls if c[0] == "create")
+            if FakeRtnl.before_create is not None:
+                FakeRtnl.before_create(position)
             FakeRtnl.calls.append(("create", link.name))
             failed = position == FakeRtnl.fail_at
             results.append((link, NetlinkError("Invalid argument (errno 22)") if failed else None))
@@ -90,6 +96,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeRtnl]:
     FakeRtnl.fail_at = None
     FakeRtnl.fail_delete = False
     FakeRtnl.fail_l3 = False
+    FakeRtnl.before_create = None
     monkeypatch.setattr(netlink, "Rtnl", FakeRtnl)
 
     def resolve(host: object, plan: list[plugin.Planned]) -> None:
@@ -151,6 +158,31 @@ def test_interrupt_after_the_links_still_cleans_up(fake: type[FakeRtnl], ctx: Ac
     assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 102, 101, 100]
 
 
+def test_criu_gone_between_batches_stops_and_removes_the_links(fake: type[FakeRtnl], ctx: ActionContext) -> None:
+    """CRIU (here a stand-in process) exits after the second link: no third, both removed."""
+    from criu_macvlan.watch import CriuGone
+
+    criu = subprocess.Popen(["sleep", "100000"])
+    try:
+
+        def kill_criu(position: int) -> None:
+            if position == 2:
+                criu.kill()
+                criu.wait(timeout=60)
+
+        fake.before_create = kill_criu
+        ctx.criu_pid = criu.pid
+        with pytest.raises(CriuGone) as info:
+            plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+    finally:
+        criu.kill()
+        criu.wait(timeout=60)
+    expected = f"criu (pid {criu.pid}) exited while the macvlans were being made (3 of {N}): removed them"
+    assert str(info.value) == expected
+    assert [c[1] for c in fake.calls if c[0] == "create"] == ["mv0", "mv1", "mv2"]
+    assert [c[1] for c in fake.calls if c[0] == "delete"] == [102, 101, 100]
+
+
 # --------------------------------------------------------------- real links
 
 
@@ -197,3 +229,18 @@ def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: Act
     finally:
         os.close(target)
     assert link_names(pid) == {"lo", "mv0", "mv1"}
+
+
+def test_unexpected_error_while_preparing_is_reported_once(ctx: ActionContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in criu_rpc_request's early work surfaces in the action that needs it, not also as a warning."""
+
+    def broken(ctx: ActionContext) -> None:
+        raise IsADirectoryError(21, "Is a directory")
+
+    monkeypatch.setattr(plugin, "_prepare_restore", broken)
+    macvlan = plugin.MacvlanPlugin()
+    ctx.action = "restore"
+    macvlan.criu_rpc_request(ctx)  # kept for later
+    ctx.action = "setup-namespaces"
+    with pytest.raises(IsADirectoryError):
+        macvlan.criu_setup_namespaces(ctx)

@@ -1,0 +1,75 @@
+"""The cause of a CRIU failure, picked from real CRIU logs (tests/criu-logs/, made by failing runs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CRIU, Procs
+
+from criu_macvlan import criulog
+from criu_macvlan.errors import ExitCode
+from criu_macvlan.rpc import _pb, _resp_error
+
+LOGS = Path(__file__).resolve().parent / "criu-logs"
+SESSION = "The root process {} is not a session leader. Consider using --shell-job option"
+BIND = "inet: Can't bind inet socket (id 26): Address already in use"
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        # criu-macvlan dump of `unshare --net sleep` (not a session leader), default log level and -v4
+        ("dump-not-session-leader.log", SESSION.format(7464)),
+        ("dump-not-session-leader-v4.log", SESSION.format(7464)),
+        # criu-macvlan restore of a listener whose port another process holds: the restored
+        # task's errors come indented behind its pid ("     1: Error (...)")
+        ("restore-eaddrinuse.log", BIND),
+        ("restore-eaddrinuse-v4.log", BIND),
+    ],
+)
+def test_cause_from_real_logs(log: str, expected: str) -> None:
+    text = (LOGS / log).read_text()
+    errors = [m for m in map(criulog.error_message, text.splitlines()) if m is not None]
+    assert errors[0].startswith("rlimit: Can't setup RLIMIT_NOFILE")  # CRIU's first error is not the cause
+    assert errors[-1] in ("Dumping FAILED.", "Restoring FAILED.")  # nor is its last
+    assert criulog.cause(text) == expected
+
+
+def test_no_cause_in_noise_alone() -> None:
+    text = ("Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n"
+            "Error (criu/cr-restore.c:2320): Restoring FAILED.\n")
+    assert criulog.cause(text) is None
+    assert criulog.cause("") is None
+
+
+def response(**fields: Any) -> Any:
+    rpc = _pb()
+    return rpc.criu_resp(type=rpc.DUMP, success=False, **fields)
+
+
+def test_rpc_answer_skips_the_harmless_first_error() -> None:
+    """CRIU's cr_errmsg is its first error: the rlimit line, a newline at its end."""
+    noise = "Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n"
+    assert _resp_error(response(cr_errmsg=noise, cr_errno=1)) == "Operation not permitted (errno 1)"
+    assert _resp_error(response(cr_errmsg="Error (criu/x.c:1): it broke\n")) == "it broke"
+
+
+@pytest.mark.integration
+def test_cli_names_the_cause_and_the_log(procs: Procs, tmp_path: Path) -> None:
+    """A real failing dump: the tree is not a session leader (no --shell-job)."""
+    p = subprocess.Popen(["unshare", "--net", "sleep", "100000"], stdin=subprocess.DEVNULL)  # exec'd: our session
+    procs.popens.append(p)
+    pid = procs.adopt(p.pid)
+    while os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+        pass  # unshare has not unshared yet: a few microseconds
+    res = subprocess.run([sys.executable, "-m", "criu_macvlan.cli", "--criu", CRIU, "dump", "-t", str(pid),
+                          "-D", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
+    assert res.stderr.strip().splitlines() == [
+        f"criu-macvlan: criu dump failed: {SESSION.format(pid)} (CRIU's log: {tmp_path}/criu.log)"
+    ], res.stderr
+    assert res.returncode == ExitCode.CRIU
