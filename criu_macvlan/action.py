@@ -72,6 +72,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             externals=opts.externals,
             empty_ns=True if opts.empty_ns_net else None,
             log=log,
+            criu_rpc=opts.rpc,
         )
         hooks.run(ctx)
         if action == "pre-dump" and env_pid is not None:

@@ -69,6 +69,8 @@ class ActionContext:
             in its log).
         state: scratch space that lives as long as one RPC session (in action-script
             mode: one action), for plugins to keep things between hooks.
+        criu_rpc: an action script run by a CRIU in RPC mode (an engine's): the
+            RPC client's options, ``opts.external`` included, are out of its sight.
     """
 
     action: str
@@ -80,3 +82,4 @@ class ActionContext:
     empty_ns: bool | None = None
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("criu_macvlan"))
     state: dict[str, Any] = field(default_factory=dict)
+    criu_rpc: bool = False

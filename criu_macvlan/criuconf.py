@@ -9,10 +9,12 @@ plugin reads what CRIU read, in CRIU's order (``criu/config.c``):
 3. ``--config FILE``;
 4. the command line itself (``/proc/<criu>/cmdline``).
 
-In RPC mode (``criu swrk``/``criu service``) the command line holds nothing and the
-RPC client's ``config_file`` is not visible to scripts, so the plugin also reads
-the engine config files CRIU users already keep in ``/etc/criu`` (``runc.conf``)
-and its own ``/etc/criu/criu-macvlan.conf``, plus ``$CRIU_MACVLAN_CONFIG``.
+In RPC mode (``criu swrk``/``criu service``) the command line holds nothing (CRIU
+even rewrites it to a title, ``criu: restore --rpc -D DIR``), and neither the RPC
+client's ``opts.external`` nor its ``config_file`` is visible to scripts: CRIU gives
+them only ``CRTOOLS_*`` variables and its inherited environment. So the plugin also
+reads the engine config files CRIU users already keep in ``/etc/criu``
+(``runc.conf``) and its own ``/etc/criu/criu-macvlan.conf``, plus ``$CRIU_MACVLAN_CONFIG``.
 
 Only the options the plugin needs are kept: ``external`` and ``empty-ns``.
 """
@@ -41,6 +43,7 @@ class CriuOptions:
 
     externals: list[str] = field(default_factory=list)
     empty_ns_net: bool = False
+    rpc: bool = False  # CRIU runs in RPC mode: the client's options are out of sight
     sources: list[str] = field(default_factory=list)  # files read, for messages
 
     @property
@@ -155,13 +158,21 @@ def load(argv: list[str], env: dict[str, str] | os._Environ[str]) -> CriuOptions
     if cmd_config:
         _read_config(cmd_config, opts)
     _apply(opts, argv_statements(argv[1:]))
-    rpc_mode = len(argv) > 1 and argv[1] in RPC_COMMANDS
-    if rpc_mode:
+    opts.rpc = is_rpc(argv)
+    if opts.rpc:
         for path in ENGINE_CONFIGS:
             _read_config(path, opts)
     if env.get("CRIU_MACVLAN_CONFIG"):
         _read_config(env["CRIU_MACVLAN_CONFIG"], opts)
     return opts
+
+
+def is_rpc(argv: list[str]) -> bool:
+    """True for a CRIU in RPC mode: ``criu swrk|service ...``, or the title CRIU gives itself
+    once it serves a request (``criu: restore --rpc -D DIR``, one string)."""
+    if len(argv) > 1:
+        return argv[1] in RPC_COMMANDS
+    return bool(argv) and argv[0].startswith("criu: ") and " --rpc" in argv[0]
 
 
 def load_for_criu(pid: int) -> CriuOptions:

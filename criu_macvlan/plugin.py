@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from . import images
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
-from .context import ActionContext
+from .context import ActionContext, Mode
 from .errors import CriuMacvlanError, ImageError, NetlinkError, UsageError
 from .hookspecs import hookimpl
 from .mappings import format_mapping
@@ -382,13 +382,22 @@ def plan_restore(sidecar: images.Sidecar, mappings: dict[str, str], ctx: ActionC
     names = {link.name for link in sidecar.links}
     missing = [format_mapping(link.name, "OUT") for link in sidecar.links if link.name not in mappings]
     if missing:
-        raise UsageError(
-            f"no parent given for {', '.join(missing)}: add --external {missing[0]} "
-            "(criu, RPC opts.external or a CRIU config file)"
-        )
+        raise UsageError(f"no parent given for {', '.join(missing)}: {_where_to_map(ctx, missing[0])}")
     for extra in sorted(set(mappings) - names):
         ctx.log.warning("mapping %s names a link the images do not have", format_mapping(extra, mappings[extra]))
     return [Planned(link, mappings[link.name]) for link in sidecar.links]
+
+
+def _where_to_map(ctx: ActionContext, mapping: str) -> str:
+    """Where this caller can give a missing mapping."""
+    from . import criuconf
+
+    if ctx.mode is Mode.RPC:
+        return f"add --external {mapping} (RPC opts.external or a CRIU config file)"
+    if ctx.criu_rpc:
+        return (f"add 'external {mapping}' to {criuconf.ENGINE_CONFIGS[1]} or the file named by "
+                "$CRIU_MACVLAN_CONFIG (an action script cannot see an RPC client's opts.external)")
+    return f"add --external {mapping} (criu's command line or a CRIU config file)"
 
 
 def _existing(rtnl: Rtnl) -> dict[int, Any]:

@@ -94,7 +94,7 @@ def test_rpc_notify_script_reports_failure(net: Net, procs: Procs, images: Path)
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines() == [
         "rpc_notify: setup-namespaces: no parent given for macvlan[eth0]:OUT: add --external "
-        "macvlan[eth0]:OUT (criu, RPC opts.external or a CRIU config file)"
+        "macvlan[eth0]:OUT (RPC opts.external or a CRIU config file)"
     ]
 
 
