@@ -53,6 +53,7 @@ HARM = ("netns*", "socket-tcp*", "socket_udp*", "sockets*")
 ZDTM_LINK = re.compile(r"zdtm\w*|test_mvlan1|mymacvlan1")  # static/macvlan.hook, .checkskip
 CGROUP_HIERARCHIES = ("zdtmtst", "zdtmtst.defaultroot")  # zdtm_mount_cgroups
 RUN_TIMEOUT = 300
+NOISE = "Can't setup RLIMIT_NOFILE for self"  # logged by every criu run where root lacks CAP_SYS_RESOURCE
 
 
 class Skip(Exception):
@@ -236,12 +237,17 @@ def run_case(tree: Path, conf: Path, mapping: Path, test: str, flavor: str, rpc:
     if verdict == "PASS" and test == MACVLAN:
         verdict, detail = _macvlan_evidence(dumps, plugin)
     elif verdict == "FAIL":
-        # zdtm prints CRIU's log lines as Python bytes reprs: b'(00.06) Error (...): ...'
-        errors = [re.sub(r"^b'(.*)'$", r"\1", line) for line in out.splitlines()
-                  if "Error (" in line or "criu-macvlan" in line]
-        detail = "; ".join([detail, *errors[-2:]])
+        detail = "; ".join([detail, *_errors(out)])
     shutil.rmtree(dumps, ignore_errors=True)
     return Result(test, flavor, rpc, plugin, verdict, seconds, detail)
+
+
+def _errors(out: str) -> list[str]:
+    """The first error (usually the cause) and the last one, of CRIU or of the hook."""
+    # zdtm prints CRIU's log lines as Python bytes reprs: b'(00.06) Error (...): ...'
+    errors = [re.sub(r"^b[\"'](.*)[\"']$", r"\1", line) for line in out.splitlines()
+              if ("Error (" in line and NOISE not in line) or "criu-macvlan-action:" in line]
+    return errors[:1] + errors[1:][-1:]
 
 
 def _verdict(out: str, test: str) -> tuple[str, str]:
@@ -251,7 +257,8 @@ def _verdict(out: str, test: str) -> tuple[str, str]:
         return "PASS", ""
     if m := re.search(rf"Skipping {re.escape(test)} \((.*)\)", out):
         return "SKIP", m.group(1)
-    return "FAIL", (out.strip().splitlines() or ["no output"])[-1][:200]
+    lines = [line for line in out.splitlines() if line.strip() and not line.startswith("#")]
+    return "FAIL", (lines or ["no output"])[-1][:200]
 
 
 def _macvlan_evidence(dumps: Path, plugin: bool) -> tuple[str, str]:
