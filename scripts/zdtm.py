@@ -188,23 +188,30 @@ def _links() -> set[str]:
 
 
 @contextlib.contextmanager
-def host_cleanup() -> Iterator[None]:
-    """Undo what a failed zdtm run leaves on the host (zdtm skips its clean-up then)."""
-    hugepages = Path("/proc/sys/vm/nr_hugepages").read_text()
+def host_cleanup(what: str) -> Iterator[None]:
+    """Undo what ``what`` leaves on the host (zdtm skips its clean-up when a run fails); say what."""
+    sysctl = Path("/proc/sys/vm/nr_hugepages")
+    hugepages = sysctl.read_text()
     holders = {h: _holders(h) for h in CGROUP_HIERARCHIES}
     links = _links()
     try:
         yield
     finally:
-        if Path("/proc/sys/vm/nr_hugepages").read_text() != hugepages:
-            Path("/proc/sys/vm/nr_hugepages").write_text(hugepages)
+        undone = []
+        if (now := sysctl.read_text()) != hugepages:
+            sysctl.write_text(hugepages)
+            undone.append(f"vm.nr_hugepages {now.strip()} -> {hugepages.strip()}")
         for hierarchy, before in holders.items():
             new = _holders(hierarchy) - before
             if new:
                 _remove_holders(hierarchy, new)
-        for name in _links() - links:
+                undone.append(f"cgroup {hierarchy}: {', '.join(sorted(new))}")
+        for name in sorted(_links() - links):
             if ZDTM_LINK.fullmatch(name):
                 sh("ip", "link", "del", name)
+                undone.append(f"link {name}")
+        if undone:
+            print(f"zdtm: cleaned up after {what}: {'; '.join(undone)}", flush=True)
 
 
 # ----------------------------------------------------------------- runs
@@ -223,7 +230,7 @@ def run_case(tree: Path, conf: Path, mapping: Path, test: str, flavor: str, rpc:
     dumps = testdir / "dump" / test
     shutil.rmtree(dumps, ignore_errors=True)
     start = time.monotonic()
-    with host_cleanup():
+    with host_cleanup(f"{test} {flavor}{' --rpc' if rpc else ''}{' (plugin)' if plugin else ''}"):
         proc = subprocess.Popen(cmd, cwd=testdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
@@ -344,12 +351,13 @@ def main(argv: list[str] | None = None) -> int:
         mapping.write_text(MAPPING)
         print(f"zdtm: CRIU {version} sources in {tree}; criu: {used}; plugin: CRIU_CONFIG_FILE={conf}", flush=True)
         results = []
-        for test, flavor, rpc in cases:
-            for plugin in (False, True):
-                r = run_case(tree, conf.resolve(), mapping.resolve(), test, flavor, rpc, plugin)
-                print(f"zdtm: {test} {label(r)} {'plugin' if plugin else 'native'}: {r.verdict} "
-                      f"{r.seconds:.1f} s {r.detail}", flush=True)
-                results.append(r)
+        with host_cleanup("the whole run"):  # also what no single run's bookkeeping caught
+            for test, flavor, rpc in cases:
+                for plugin in (False, True):
+                    r = run_case(tree, conf.resolve(), mapping.resolve(), test, flavor, rpc, plugin)
+                    print(f"zdtm: {test} {label(r)} {'plugin' if plugin else 'native'}: {r.verdict} "
+                          f"{r.seconds:.1f} s {r.detail}", flush=True)
+                    results.append(r)
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
