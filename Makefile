@@ -45,5 +45,5 @@ soak: setup                 ## >=100 dump/restore cycles; checks links, netns, f
 zdtm: setup                 ## CRIU's zdtm static/macvlan (ns, uns, each also --rpc), natively and with the plugin; fetches CRIU's sources into build/zdtm
 	$(PY) scripts/zdtm.py
 
-zdtm-harm: setup            ## zdtm's network and socket tests (netns*, socket-tcp*, socket_udp*, sockets*; ns, uns), natively and with the plugin
-	$(PY) scripts/zdtm.py --harm --flavors ns,uns
+zdtm-harm: setup            ## zdtm's network and socket tests (netns*, socket-tcp*, socket_udp*, sockets*; flavors h, ns, uns; ~7 min), natively and with the plugin
+	$(PY) scripts/zdtm.py --harm --flavors h,ns,uns
