@@ -116,6 +116,12 @@ def test_relative_links_resolve(doc: Path) -> None:
     assert broken == []
 
 
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_python_examples_parse(doc: Path) -> None:
+    for block in re.findall(r"^```python\n(.*?)^```", doc.read_text(), re.M | re.S):
+        ast.parse(block)
+
+
 def test_readme_links_to_every_doc() -> None:
     linked = {Path(t.partition("#")[0]) for t in LINK.findall(README.read_text())}
     missing = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.relative_to(ROOT) not in linked]
