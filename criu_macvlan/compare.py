@@ -5,9 +5,10 @@ host B's NIC on one switch) runs N times per path, the paths alternating in a
 rotating order: criu-macvlan over RPC (``rpc``), plain ``criu`` with the action
 script (``cli``), and native CRIU without criu-macvlan (``native``). Native CRIU
 can do this migration only because the parent names exist on the host and the
-service's macvlan gets an ifindex that is free on the host (see the README's
-known limitations). It reports the medians of the client-observed downtime (the
-longest wait for a reply over the one TCP connection) and of the frozen time.
+service's macvlan gets an ifindex that is free on the host (see the known
+limitations in docs/how-it-works.md). It reports the medians of the client-observed
+downtime (the longest wait for a reply over the one TCP connection) and of the
+frozen time.
 """
 
 from __future__ import annotations

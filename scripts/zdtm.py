@@ -111,7 +111,7 @@ def fetch_sources(build: Path, version: str) -> Path:
 
 
 def needs_shim(criu: Path) -> bool:
-    """criu < 4.2 on Linux >= 6.16 cannot dump inet sockets (see README, Known limitations)."""
+    """criu < 4.2 on Linux >= 6.16 cannot dump inet sockets (see docs/how-it-works.md)."""
     out = sh(criu, "--version").stdout
     version = tuple(int(x) for x in re.findall(r"Version: (\d+)\.(\d+)", out)[0]) if "Version:" in out else (0, 0)
     release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])

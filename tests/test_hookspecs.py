@@ -206,13 +206,6 @@ def test_handled_actions_cache_read_only_prefix(
     assert blocker.read_text() == ""
 
 
-def test_every_hook_is_documented_in_the_readme() -> None:
-    """As datasette does: a hook users cannot find in the README does not exist for them."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    missing = [name for name in hookspec_functions() if f"`{name}`" not in readme]
-    assert missing == []
-
-
 def test_entry_point_cache_is_per_sys_path(
     tmp_path: Path, fake_distribution: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -97,7 +97,7 @@ def test_runc_conf_recipe(
     net: Net, procs: Procs, runc_env: dict[str, str], containers: list[Runc],
     etc_files: Callable[[str, str], None], userns: bool,
 ) -> None:
-    """The README's recipe, exactly: two lines in /etc/criu/runc.conf, no annotation, no variable."""
+    """docs/engines.md's recipe, exactly: two lines in /etc/criu/runc.conf, no annotation, no variable."""
     seg = Segment(net, procs)
     host_before = link_names()
     etc_files(RUNC_CONF, f"action-script {ACTION_SCRIPT}\nexternal macvlan[mvb]:{seg.b}\n")
