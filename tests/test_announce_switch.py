@@ -13,17 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
-import socket
-import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, run, unique
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, read_line, run, unique
+from segment import Announcements
 
 import criu_macvlan
 from criu_macvlan import images as img
@@ -144,7 +141,7 @@ def served() -> Iterator[None]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     old = os.environ.get(serve.DIR_ENV)
     try:
-        assert proc.stderr is not None and "serving at" in proc.stderr.readline()
+        assert "serving at" in read_line(proc.stderr)
         os.environ[serve.DIR_ENV] = path
         yield
     finally:
@@ -194,42 +191,6 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
     assert alive(new)
     port = sw.port_of_mac()
     assert port == sw.a + "p", run("bridge", "fdb", "show", "br", sw.bridge).stdout  # nothing told the switch
-
-
-class Announcements:
-    """Counts the announcements that cross a bridge port of the host's netns."""
-
-    def __init__(self, ifname: str) -> None:
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.bind((ifname, 0))
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def count(self, mac: str, v4: str, v6: str | None, rounds: int, bare: str | None = None,
-              timeout: float = 20) -> dict[str, int]:
-        """ARP requests and replies for ``v4`` and NAs for ``v6`` from ``mac``, and the frames of a link
-        without addresses from ``bare``: read until each expected kind reached ``rounds``, or ``timeout``."""
-        src = bytes.fromhex(mac.replace(":", ""))
-        other = bytes.fromhex(bare.replace(":", "")) if bare else None
-        ip4 = socket.inet_pton(socket.AF_INET, v4)
-        ip6 = socket.inet_pton(socket.AF_INET6, v6) if v6 else None
-        seen = {"request": 0, "reply": 0} | ({"na": 0} if ip6 else {}) | ({"hello": 0} if other else {})
-        deadline = time.monotonic() + timeout
-        while min(seen.values()) < rounds and time.monotonic() < deadline:
-            if not select.select([self.sock], [], [], 0.5)[0]:
-                continue
-            frame = self.sock.recv(65535)
-            if other and frame[6:12] == other and frame[12:14] == b"\x88\xb5" and frame[:6] == b"\xff" * 6:
-                seen["hello"] += 1
-            if frame[6:12] != src:
-                continue
-            if frame[12:14] == b"\x08\x06" and frame[28:32] == ip4 == frame[38:42]:
-                seen["request" if struct.unpack("!H", frame[20:22])[0] == 1 else "reply"] += 1
-            elif ip6 and frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136 and frame[62:78] == ip6:
-                assert frame[21] == 255 and frame[58] & 0x20  # hop limit 255, override
-                seen["na"] += 1
-        return seen
 
 
 @pytest.mark.parametrize("path", ["action-script", "rpc"])

@@ -8,8 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CRIU, Net, Procs, alive, criu, ip, leaked, link_names
-from test_action_script import addrs_json, assert_moved, comparable, links_json, setup_links
+from helpers import (
+    CRIU,
+    Net,
+    Procs,
+    addrs_json,
+    alive,
+    assert_moved,
+    comparable,
+    criu,
+    ip,
+    leaked,
+    link_names,
+    links_json,
+    setup_links,
+)
 
 from criu_macvlan import images as img
 from criu_macvlan import render

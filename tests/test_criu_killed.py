@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
 
 from criu_macvlan.errors import ExitCode
 

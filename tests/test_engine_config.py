@@ -14,9 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, link_names
-from test_action_script import addrs_json, assert_moved, links_json, setup_links
-from test_cli import leaked
+from helpers import (
+    ACTION_SCRIPT,
+    CRIU,
+    Net,
+    Procs,
+    addrs_json,
+    alive,
+    assert_moved,
+    leaked,
+    link_names,
+    links_json,
+    setup_links,
+)
 
 from criu_macvlan import images as img
 

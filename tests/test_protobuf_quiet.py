@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, criu
+from helpers import ACTION_SCRIPT, Net, Procs, criu
 
 from criu_macvlan import images
 from criu_macvlan import macvlan_pb2 as pb

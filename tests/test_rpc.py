@@ -8,9 +8,21 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import CRIU, Net, Procs, alive, ip, link_names
-from test_action_script import addrs_json, assert_moved, comparable, links_json, setup_links
-from test_cli import leaked
+from helpers import (
+    CRIU,
+    Net,
+    Procs,
+    addrs_json,
+    alive,
+    assert_moved,
+    comparable,
+    ip,
+    leaked,
+    link_names,
+    links_json,
+    setup_links,
+    wait_unshared,
+)
 
 from criu_macvlan.context import ActionContext
 from criu_macvlan.errors import CriuError, ExitCode, HookError
@@ -235,9 +247,7 @@ def test_rpc_criu_failure_after_pre_dump(net: Net, procs: Procs, images: Path) -
     p = subprocess.Popen(["unshare", "--net", "sleep", "100000"], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     procs.popens.append(p)
-    pid = procs.adopt(p.pid)
-    while os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net") or not alive(pid):
-        pass
+    pid = wait_unshared(procs.adopt(p.pid))
     net.macvlan_into(pid, "mv0", a1, "mode", "bridge")
     rec = Recorder()
     with pytest.raises(CriuError) as err:
@@ -263,7 +273,7 @@ def test_version_and_check() -> None:
 @pytest.mark.parametrize("how", ["rpc", "action-script"])
 def test_parent_inside_the_dumped_netns_is_refused(procs: Procs, images: Path, how: str) -> None:
     """Over RPC the links are read while CRIU dumps, so the refusal comes at post-dump; CRIU resumes the tree."""
-    from conftest import ACTION_SCRIPT, criu
+    from helpers import ACTION_SCRIPT, criu
 
     pid = procs.tree()
     ip("link", "add", "vin", "type", "veth", "peer", "name", "vinp", pid=pid)

@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, ip, link_names, unique
+from helpers import ACTION_SCRIPT, Net, Procs, alive, ip, link_names
+from runc_bundle import BUSYBOX, HOST_ID, RUNC, Runc, fetch, mvb_routes
 from segment import V4, V6, Segment, addresses, configure_l3, ours
-from test_serve import start, stop
-from test_userns import BUSYBOX, HOST_ID, RUNC, Runc, fetch, mvb_routes
 
 from criu_macvlan import engines, serve
 
@@ -40,17 +39,6 @@ def make(env: dict[str, str], made: list[Runc], userns: bool, annotation: bool) 
     c = Runc(env, userns=userns, annotation=annotation)
     made.append(c)
     return c
-
-
-@pytest.fixture
-def helper() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """A `criu-macvlan serve` of this test's own (as test_serve's)."""
-    path = f"/run/criu-macvlan/test-{unique('s')}"
-    proc = start(path)
-    try:
-        yield path, proc
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
@@ -109,10 +97,10 @@ def test_runc_conf_recipe(
 
 def test_runc_conf_recipe_served(
     net: Net, procs: Procs, runc_env: dict[str, str], containers: list[Runc],
-    etc_files: Callable[[str, str], None], helper: tuple[str, subprocess.Popen[str]],
+    etc_files: Callable[[str, str], None], served: tuple[str, subprocess.Popen[str]],
 ) -> None:
     """The same recipe with `criu-macvlan serve`: its child finds runc's file as Python would."""
-    path, proc = helper
+    path, proc = served
     seg = Segment(net, procs)
     etc_files(RUNC_CONF, f"action-script {ACTION_SCRIPT}\nexternal macvlan[mvb]:{seg.b}\n")
     env = {**runc_env, serve.DIR_ENV: path, "CRIU_MACVLAN_DEBUG": "1"}

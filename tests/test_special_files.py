@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
 
 from criu_macvlan import images
 from criu_macvlan.errors import ExitCode, ImageError

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, criu_stand_in, ip
 
 from criu_macvlan import warm
 
@@ -33,10 +33,8 @@ def stand_in_criu(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Pat
     """A process holding an images dir as fd 9, as CRIU does: hooks get ``/proc/<it>/fd/9``."""
     images = tmp_path / "img"
     images.mkdir()
-    proc = subprocess.Popen(["sh", "-c", 'exec 9<"$0"; exec sleep 1000', str(images)])
+    proc = criu_stand_in(images)
     try:
-        while not os.path.exists(f"/proc/{proc.pid}/fd/9"):
-            time.sleep(0.001)
         yield proc, images
     finally:
         proc.kill()
