@@ -26,8 +26,6 @@ import criu_macvlan
 from criu_macvlan import images as img
 from criu_macvlan import serve
 
-pytestmark = pytest.mark.integration
-
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SERVICE, CLIENT = "10.77.0.2", "10.77.0.1"
@@ -157,6 +155,7 @@ def served() -> Iterator[None]:
             proc.wait()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["action-script", "rpc", "cli"])
 @pytest.mark.parametrize("empty", [False, True], ids=["criu-netns", "empty-netns"])
 def test_the_switch_learns_the_new_port_at_restore(net: Net, procs: Procs, images: Path, path: str,
@@ -168,6 +167,7 @@ def test_the_switch_learns_the_new_port_at_restore(net: Net, procs: Procs, image
     assert sw.ping()  # the first ping after the restore is answered
 
 
+@pytest.mark.integration
 def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path, served: None) -> None:
     sw = Switch(net, procs)
     dump_service(sw, procs, images)
@@ -177,6 +177,7 @@ def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path
     assert sw.ping()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["action-script", "rpc", "cli"])
 def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs, images: Path, path: str) -> None:
     sw = Switch(net, procs)
@@ -193,6 +194,7 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
     assert port == sw.a + "p", run("bridge", "fdb", "show", "br", sw.bridge).stdout  # nothing told the switch
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["action-script", "rpc"])
 def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path, path: str) -> None:
     """IPv6 on: GARP request and reply for the IPv4 address and an NA for the IPv6 one, one frame for a
@@ -215,6 +217,7 @@ def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path, path: 
         seen.close()
 
 
+@pytest.mark.integration
 def test_a_bad_setting_warns_once_and_announces_with_the_defaults(net: Net, procs: Procs, images: Path) -> None:
     sw = Switch(net, procs)
     dump_service(sw, procs, images)

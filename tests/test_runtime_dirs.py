@@ -23,7 +23,6 @@ from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, criu_stand_in,
 
 from criu_macvlan import serve, warm
 
-pytestmark = pytest.mark.integration
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -85,6 +84,7 @@ def pending(fifo: Path) -> bytes:
         os.close(fd)
 
 
+@pytest.mark.integration
 def test_a_serve_dir_made_by_another_user_is_not_used(net: Net, procs: Procs, images: Path,
                                                       world_writable: Path) -> None:
     path = world_writable / "serve"
@@ -109,6 +109,7 @@ def test_a_serve_dir_made_by_another_user_is_not_used(net: Net, procs: Procs, im
         fake.wait()
 
 
+@pytest.mark.integration
 def test_a_symlinked_serve_dir_is_not_used(tmp_path: Path) -> None:
     """A symlink to a real helper's directory is not followed by the shim."""
     real = Path(f"/run/criu-macvlan/test-{unique('l')}")
@@ -156,6 +157,7 @@ plugin = Blocker()
 '''
 
 
+@pytest.mark.integration
 def test_a_serve_child_killed_mid_action_falls_back_to_python(net: Net, procs: Procs, images: Path,
                                                               tmp_path: Path) -> None:
     """A plugin that only the service loads blocks in setup-namespaces; its child is SIGKILLed there."""
@@ -255,6 +257,7 @@ def stale_dir(pid: int, mtime: float | None = None) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_pre_dump_sweeps_the_dirs_of_dead_helpers(procs: Procs, images: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()

@@ -13,7 +13,6 @@ from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, links_json, start_se
 
 from criu_macvlan import serve
 
-pytestmark = pytest.mark.integration
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 
@@ -22,6 +21,7 @@ def env_for(path: str) -> dict[str, str]:
     return {**os.environ, serve.DIR_ENV: path, "CRIU_MACVLAN_DEBUG": "1"}
 
 
+@pytest.mark.integration
 def test_dump_and_restore_are_served(net: Net, procs: Procs, images: Path,
                                      served: tuple[str, subprocess.Popen[str]]) -> None:
     path, proc = served
@@ -47,6 +47,7 @@ def test_dump_and_restore_are_served(net: Net, procs: Procs, images: Path,
     assert proc.poll() is None
 
 
+@pytest.mark.integration
 def test_a_failing_action_fails_the_same_when_served(net: Net, procs: Procs, images: Path,
                                                      served: tuple[str, subprocess.Popen[str]]) -> None:
     path, proc = served
@@ -62,6 +63,7 @@ def test_a_failing_action_fails_the_same_when_served(net: Net, procs: Procs, ima
     assert proc.poll() is None  # a failed action does not hurt the helper
 
 
+@pytest.mark.integration
 def test_one_helper_per_dir_and_a_dead_one_is_no_harm(net: Net, procs: Procs, images: Path) -> None:
     path = f"/run/criu-macvlan/test-{unique('s')}"
     first = start_serve(path)
@@ -96,6 +98,7 @@ def test_requests_that_do_not_check_out_are_ignored() -> None:
     assert serve.shim_request(2**22 + 12345) is None  # no such process
 
 
+@pytest.mark.integration
 def test_serve_goes_away_when_idle() -> None:
     path = f"/run/criu-macvlan/test-{unique('s')}"
     t0 = time.monotonic()
@@ -104,6 +107,7 @@ def test_serve_goes_away_when_idle() -> None:
     assert not os.path.exists(path)
 
 
+@pytest.mark.integration
 def test_a_refused_request_falls_back_to_python_at_once(tmp_path: Path,
                                                         served: tuple[str, subprocess.Popen[str]]) -> None:
     """The images dir is not one a CRIU parent of the hook holds: the helper refuses, the hook runs Python."""
@@ -126,6 +130,7 @@ def test_the_systemd_unit_runs_the_serve_command() -> None:
     assert res.returncode == 0 and "--idle-timeout" in res.stdout
 
 
+@pytest.mark.integration
 def test_two_restores_at_once_are_both_served(net: Net, procs: Procs, tmp_path: Path,
                                               served: tuple[str, subprocess.Popen[str]]) -> None:
     """Each request runs in a child of its own: two CRIUs restoring at the same time do not wait for each other."""
