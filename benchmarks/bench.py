@@ -1,4 +1,4 @@
-"""criu-macvlan against native CRIU, side by side (issue 7).
+"""criu-macvlan against native CRIU, side by side.
 
 Workload: one process tree (``unshare --pid --net``) whose netns holds N macvlan
 links (mode bridge, down) on a veth parent in the host

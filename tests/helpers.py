@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -243,7 +244,7 @@ def addrs_json(pid: int) -> dict[str, set[str]]:
 
 
 def setup_links(net: Net, pid: int, a1: str, a2: str) -> None:
-    """The issue's scenario: four macvlans on two parents, every property that matters."""
+    """The main scenario: four macvlans on two parents, every property that matters."""
     net.macvlan_into(pid, "mvb", a1, "mode", "bridge")
     ip("link", "set", "mvb", "address", "02:42:ac:11:00:02", "mtu", "1400", "up", pid=pid)
     ip("addr", "add", "10.231.0.2/24", "dev", "mvb", pid=pid)
@@ -286,6 +287,41 @@ def assert_moved(new: int, before: dict[str, dict[str, Any]], addrs_before: dict
         assert after[name]["link_index"] == host[parent]["ifindex"], f"{name} not on {parent}"
     assert addrs_json(new) == addrs_before
     return after
+
+
+
+@dataclass
+class FourLinks:
+    """The main scenario (:func:`setup_links`) in a new tree, on host A's parents; host B's parents
+    ``b1``, ``b2`` to restore onto; the tree's links and addresses and the host's links before the dump."""
+
+    pid: int
+    b1: str
+    b2: str
+    before: dict[str, dict[str, Any]]
+    addrs: dict[str, set[str]]
+    host_before: set[str]
+
+    @classmethod
+    def make(cls, net: Net, procs: Procs) -> FourLinks:
+        a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
+        host_before = link_names()
+        pid = procs.tree()
+        setup_links(net, pid, a1, a2)
+        return cls(pid, b1, b2, links_json(pid), addrs_json(pid), host_before)
+
+    @property
+    def maps(self) -> dict[str, str]:
+        """Each link and its parent on host B."""
+        return {"mvb": self.b1, "mvd": self.b1, "mvv": self.b2, "mvs": self.b2}
+
+    def assert_moved(self, new: int) -> dict[str, dict[str, Any]]:
+        return assert_moved(new, self.before, self.addrs, self.maps)
+
+    def assert_nothing_left(self, procs: Procs) -> None:
+        """Once the trees are gone, nothing of ours is left in the host's netns."""
+        procs.cleanup()
+        assert leaked(self.host_before) == set()
 
 
 # ------------------------------------------------------- criu-macvlan serve

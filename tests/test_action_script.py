@@ -6,20 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import (
-    ACTION_SCRIPT,
-    Net,
-    Procs,
-    addrs_json,
-    alive,
-    assert_moved,
-    criu,
-    ip,
-    leaked,
-    link_names,
-    links_json,
-    setup_links,
-)
+from helpers import ACTION_SCRIPT, FourLinks, Net, Procs, alive, criu, ip, leaked, link_names, links_json
 
 pytestmark = pytest.mark.integration
 
@@ -37,28 +24,20 @@ def restore(images: Path, procs: Procs, *extra: str) -> int:
 
 
 def test_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
-    host_before = link_names()
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
-    before = links_json(pid)
-    addrs_before = addrs_json(pid)
-
+    s = FourLinks.make(net, procs)
+    pid = s.pid
     dump(images, pid)
     assert not alive(pid)
     assert (images / "macvlan.img").exists()
     assert not [n for n in os.listdir(images) if n.startswith(".criu-macvlan")]
 
-    maps = {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2}
-    new = restore(images, procs, *[f"--external=macvlan[{k}]:{v}" for k, v in maps.items()])
+    new = restore(images, procs, *[f"--external=macvlan[{k}]:{v}" for k, v in s.maps.items()])
     assert alive(new)
-    after = assert_moved(new, before, addrs_before, maps)
+    after = s.assert_moved(new)
     assert "02:00:00:00:aa:01" in after["mvs"]["linkinfo"]["info_data"]["macaddr_data"]
     assert after["mvv"]["linkinfo"]["info_data"]["nopromisc"] is True
     assert "UP" not in after["mvd"]["flags"]
-
-    procs.cleanup()
-    assert not leaked(host_before)  # nothing of ours left in the host netns
+    s.assert_nothing_left(procs)
 
 
 def test_missing_mapping_fails_cleanly(net: Net, procs: Procs, images: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from helpers import (
     CRIU,
+    FourLinks,
     Net,
     Procs,
     addrs_json,
     alive,
-    assert_moved,
     comparable,
     criu,
     ip,
@@ -52,11 +52,8 @@ def sidecar_of(images: Path) -> img.Sidecar:
 
 
 def test_cli_dump_restore_show(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
-    host_before = link_names()
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
-    before, addrs_before = links_json(pid), addrs_json(pid)
+    s = FourLinks.make(net, procs)
+    b1, b2, pid = s.b1, s.b2, s.pid
     cli("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log")
     assert not alive(pid)
     assert "Dumping finished successfully" in (images / "dump.log").read_text()
@@ -71,9 +68,8 @@ def test_cli_dump_restore_show(net: Net, procs: Procs, images: Path) -> None:
     new = procs.adopt(int(res.stdout.strip()))
     assert int((images / "pid").read_text()) == new
     assert alive(new)
-    assert_moved(new, before, addrs_before, {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2})
-    procs.cleanup()
-    assert leaked(host_before) == set()
+    s.assert_moved(new)
+    s.assert_nothing_left(procs)
 
 
 def test_cli_show_json_round_trips_every_field(net: Net, procs: Procs, images: Path) -> None:

@@ -10,17 +10,16 @@ from typing import Any, ClassVar
 import pytest
 from helpers import (
     CRIU,
+    FourLinks,
     Net,
     Procs,
     addrs_json,
     alive,
-    assert_moved,
     comparable,
     ip,
     leaked,
     link_names,
     links_json,
-    setup_links,
     wait_unshared,
 )
 
@@ -109,11 +108,8 @@ def hooks_with(plugin: object) -> Hooks:
 
 
 def test_rpc_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
-    host_before = link_names()
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
-    before, addrs_before = links_json(pid), addrs_json(pid)
+    s = FourLinks.make(net, procs)
+    b1, b2, pid = s.b1, s.b2, s.pid
     rec = Recorder()
     criu = Criu(CRIU, notify=rec)
 
@@ -132,10 +128,8 @@ def test_rpc_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Pat
                      "network_unlock", "pre_resume", "post_resume"]
     assert ("setup_namespaces", new) in rec.calls and ("post_restore", new) in rec.calls
     assert {"mvb", "mvv", "mvd", "mvs"} <= rec.links_at_setup  # ours ran before the callback
-    assert_moved(new, before, addrs_before, {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2})
-
-    procs.cleanup()
-    assert leaked(host_before) == set()
+    s.assert_moved(new)
+    s.assert_nothing_left(procs)
 
 
 def test_rpc_hook_failure_mid_restore_aborts_cleanly(net: Net, procs: Procs, images: Path) -> None:
