@@ -324,6 +324,15 @@ class FourLinks:
         assert leaked(self.host_before) == set()
 
 
+
+def dumped(net: Net, procs: Procs, images_dir: Path) -> tuple[int, str]:
+    """A tree with macvlan mv0 dumped into ``images_dir`` with the action script; the pid and a parent to restore on."""
+    a, b = net.veth("pa"), net.veth("pb")
+    pid = procs.tree()
+    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
+    criu("dump", "-t", str(pid), "--action-script", str(ACTION_SCRIPT), images=images_dir, log="dump.log")
+    return pid, b
+
 # ------------------------------------------------------- criu-macvlan serve
 
 CLI = Path(sys.executable).with_name("criu-macvlan")

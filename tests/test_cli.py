@@ -8,21 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import (
-    CRIU,
-    FourLinks,
-    Net,
-    Procs,
-    addrs_json,
-    alive,
-    comparable,
-    criu,
-    ip,
-    leaked,
-    link_names,
-    links_json,
-    setup_links,
-)
+from helpers import CRIU, FourLinks, Net, Procs, addrs_json, alive, comparable, criu, ip, leaked, link_names, links_json
 
 from criu_macvlan import images as img
 from criu_macvlan import render
@@ -73,9 +59,7 @@ def test_cli_dump_restore_show(net: Net, procs: Procs, images: Path) -> None:
 
 
 def test_cli_show_json_round_trips_every_field(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2 = net.veth("pa"), net.veth("pa")
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
+    pid = FourLinks.make(net, procs).pid
     ip("route", "add", "10.240.0.0/16", "via", "10.231.0.1", "metric", "7", pid=pid)
     ip("-6", "route", "add", "2001:db8:99::/48", "via", "2001:db8:231::1", pid=pid)
     ip("addr", "add", "10.231.9.9", "peer", "10.231.9.10/32", "dev", "mvb", pid=pid)
