@@ -8,10 +8,11 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import unique
-from segment import PORT, V4, V6, Segment, routes
+from helpers import Net, ip, unique
+from segment import PORT, V4, V6, Segment, addresses, configure_l3, routes
 
 RUNC = shutil.which("runc")
 BUSYBOX = "/bin/busybox"
@@ -74,6 +75,18 @@ class Runc:
             pytest.fail(f"runc {args[0]} failed: {res.stderr}{runc_log[-2000:]}\n{tail}")
         return res
 
+    def start_on(self, net: Net, seg: Segment, userns: bool = True) -> int:
+        """``runc create``; the macvlan mvb and its L3 on parent A, made from the host (as CNI does);
+        ``runc start``. Returns the container's pid once it serves on its IPv4 address."""
+        self("create", self.id)
+        pid = self.pid()
+        if userns:  # the tree is in its own user namespace
+            assert Path(f"/proc/{pid}/uid_map").read_text().split()[:2] == ["0", str(HOST_ID)]
+        configure_l3(net, pid, seg.a)
+        self("start", self.id)
+        assert fetch(seg, V4) == "hello from the container"
+        return pid
+
     def pid(self) -> int:
         out = subprocess.run([RUNC, "--root", str(self.root), "state", self.id], capture_output=True, text=True)
         return int(json.loads(out.stdout)["pid"])
@@ -96,3 +109,8 @@ def fetch(seg: Segment, addr: str) -> str:
     res = subprocess.run(["nsenter", "-t", str(seg.peer), "-n", "python3", "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()
+
+
+def mvb_state(pid: int) -> tuple[dict[str, Any], list[tuple[Any, ...]], list[tuple[object, ...]]]:
+    """The container's macvlan mvb (``ip -j -d link``), its addresses and its routes."""
+    return json.loads(ip("-j", "-d", "link", "show", "dev", "mvb", pid=pid))[0], addresses(pid, "mvb"), mvb_routes(pid)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, alive, ip, link_names
-from runc_bundle import BUSYBOX, HOST_ID, RUNC, Runc, fetch, mvb_routes
+from runc_bundle import BUSYBOX, RUNC, Runc, fetch, mvb_routes, mvb_state
 from segment import V4, V6, Segment, addresses, configure_l3, ours
 
 from criu_macvlan import engines, serve
@@ -52,15 +52,8 @@ def containers() -> Iterator[list[Runc]]:
 
 
 def checkpoint_restore_onto_b(c: Runc, net: Net, seg: Segment, userns: bool) -> None:
-    c("create", c.id)
-    pid = c.pid()
-    if userns:
-        assert Path(f"/proc/{pid}/uid_map").read_text().split()[:2] == ["0", str(HOST_ID)]
-    configure_l3(net, pid, seg.a)
-    c("start", c.id)
-    assert fetch(seg, V4) == "hello from the container"
-    before = json.loads(ip("-j", "-d", "link", "show", "dev", "mvb", pid=pid))[0]
-    addrs_before, routes_before = addresses(pid, "mvb"), mvb_routes(pid)
+    pid = c.start_on(net, seg, userns)
+    before, addrs_before, routes_before = mvb_state(pid)
 
     c("checkpoint", "--image-path", str(c.images), "--work-path", str(c.work), c.id)
     assert (c.images / "macvlan.img").exists()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, ip, link_names
-from runc_bundle import HOST_ID, Runc, fetch, mvb_routes
-from segment import V4, V6, Announcements, Segment, addresses, configure_l3, ours
+from runc_bundle import HOST_ID, Runc, fetch, mvb_routes, mvb_state
+from segment import V4, V6, Announcements, Segment, addresses, ours
 
 pytestmark = pytest.mark.integration
 
@@ -26,16 +26,9 @@ def test_runc_userns_checkpoint_restore(net: Net, procs: Procs, container: Runc)
     seg = Segment(net, procs)
     host_before = link_names()
     container.criu_conf.write_text(f"action-script {ACTION_SCRIPT}\nexternal macvlan[mvb]:{seg.b}\n")
-    container("create", container.id)
-    pid = container.pid()
-    uid_map = Path(f"/proc/{pid}/uid_map").read_text().split()
-    assert uid_map[:2] == ["0", str(HOST_ID)]  # the tree is in its own user namespace
-    configure_l3(net, pid, seg.a)
-    container("start", container.id)
-    assert fetch(seg, V4) == "hello from the container"
+    pid = container.start_on(net, seg)
     assert fetch(seg, V6) == "hello from the container"
-    before = json.loads(ip("-j", "-d", "link", "show", "dev", "mvb", pid=pid))[0]
-    addrs_before, routes_before = addresses(pid, "mvb"), mvb_routes(pid)
+    before, addrs_before, routes_before = mvb_state(pid)
 
     container("checkpoint", "--image-path", str(container.images), "--work-path", str(container.work), container.id)
     assert (container.images / "macvlan.img").exists()
