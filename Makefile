@@ -16,7 +16,7 @@ unit: setup                 ## unit tests only (no root needed)
 	$(PYTEST) -q -m 'not integration'
 
 demo: setup                 ## the live-migration demo (DEMO_ARGS='--path cli --keep' ...)
-	$(PY) -m criu_macvlan.demo $(DEMO_ARGS)
+	$(PY) -m demo $(DEMO_ARGS)
 
 proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from images/macvlan.proto
 	mkdir -p build/proto

@@ -1,4 +1,4 @@
-"""criu-macvlan against native CRIU, side by side (issue 7).
+"""criu-macvlan against native CRIU, side by side.
 
 Workload: one process tree (``unshare --pid --net``) whose netns holds N macvlan
 links (mode bridge, down) on a veth parent in the host
@@ -121,22 +121,11 @@ class Lab:
 
     def tree(self) -> int:
         """Start ``sleep`` as pid 1 of a new pid+net namespace; return its host pid."""
-        p = subprocess.Popen(
-            ["unshare", "--pid", "--net", "--fork", "setsid", "sleep", "1000000"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        from devtools.tree import start_tree  # the checkout's: make bench's editable install puts it on sys.path
+
+        p, pid = start_tree("sleep", "1000000")
         self.popens.append(p)
-        children = Path(f"/proc/{p.pid}/task/{p.pid}/children")
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            kids = children.read_text().split() if children.exists() else []
-            if kids:
-                pid = self.adopt(int(kids[0]))
-                while Path(f"/proc/{pid}/comm").read_text().strip() in ("unshare", "setsid"):
-                    time.sleep(0.002)
-                return pid
-            time.sleep(0.002)
-        raise RuntimeError("a test tree did not start")
+        return self.adopt(pid)
 
     def adopt(self, pid: int) -> int:
         self.pids.add(pid)
@@ -752,8 +741,8 @@ DOWNTIME_RUNS = 5  # demo migrations per path in a full run (and a quick one)
 
 def measure_downtime(runs: int) -> dict[str, Any]:
     """The demo's live migration, criu-macvlan (RPC, action script) vs native CRIU, alternating: medians of
-    the client-observed downtime and the frozen time (``python -m criu_macvlan.demo --compare``)."""
-    from criu_macvlan import compare
+    the client-observed downtime and the frozen time (``python -m demo --compare``)."""
+    from demo import compare
 
     log(f"downtime: the demo's migration, {runs} run(s) per path ({', '.join(compare.PATHS)})")
     reports = compare.measure(runs, shutil.which("criu") or "criu", log)
@@ -836,7 +825,7 @@ def render_md(data: dict[str, Any]) -> str:
     if data.get("downtime"):
         d = data["downtime"]
         lines += ["", "## Downtime (the demo's live migration)", "",
-                  f"`python -m criu_macvlan.demo --compare {d['runs']}`: the demo's TCP service moved from host A's "
+                  f"`python -m demo --compare {d['runs']}`: the demo's TCP service moved from host A's "
                   "NIC to host B's, criu-macvlan over RPC (`rpc`) and with the action script (`cli`) vs native "
                   "CRIU (the service's macvlan gets an ifindex free on the host, so that native CRIU can restore "
                   "it); paths alternating. Client-observed downtime: the longest wait for a reply over the one "

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from criu_macvlan.rpc import Criu
+from devtools import tree
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "hooks" / "criu-macvlan-action")
@@ -34,14 +35,7 @@ def sh(*cmd: str) -> str:
 
 
 def start_tree(parents: list[str], n: int) -> int:
-    p = subprocess.Popen(["unshare", "--pid", "--net", "--fork", "setsid", "sleep", "100000"],
-                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    kids = Path(f"/proc/{p.pid}/task/{p.pid}/children")
-    while not kids.exists() or not kids.read_text().split():
-        time.sleep(0.005)
-    pid = int(kids.read_text().split()[0])
-    while Path(f"/proc/{pid}/comm").read_text().strip() in ("unshare", "setsid"):
-        time.sleep(0.005)
+    _, pid = tree.start_tree("sleep", "100000")
     for i in range(n):
         tmp = f"bt{TAG}{i:03d}"
         sh("ip", "link", "add", tmp, "link", parents[i % len(parents)], "type", "macvlan", "mode", "bridge")

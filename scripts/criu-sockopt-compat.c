@@ -15,7 +15,7 @@
  *   cc -shared -fPIC -O2 -o criu-sockopt-compat.so criu-sockopt-compat.c -ldl
  *   LD_PRELOAD=$PWD/criu-sockopt-compat.so criu dump ...
  *
- * The demo (python -m criu_macvlan.demo) builds and uses it only when the
+ * The demo (python -m demo) builds and uses it only when the
  * running kernel refuses the options and criu is older than 4.2.
  */
 #define _GNU_SOURCE

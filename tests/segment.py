@@ -1,13 +1,18 @@
-"""Test helpers: an L2 segment with a peer, a TCP server tree, and L3 snapshots via ``ip -j``."""
+"""Test support: an L2 segment with a peer, a TCP server tree, L3 snapshots via ``ip -j``, and the
+announcements seen on a bridge port."""
 
 from __future__ import annotations
 
 import json
 import os
+import select
+import socket
+import struct
 import subprocess
+import time
 from typing import Any
 
-from conftest import Net, Procs, ip
+from helpers import Net, Procs, ip
 
 PORT = 7000
 V4, V6 = "10.231.0.2", "2001:db8:231::2"
@@ -141,3 +146,42 @@ def ours(names: set[str]) -> set[str]:
     """The link names a test of this process made (other engineers' tests run in parallel)."""
     tag = f"{os.getpid() % 10000:04d}"
     return {n for n in names if tag in n or n.startswith(("mv", "pe0"))}
+
+
+ETH_P_ALL = 0x0003
+
+
+class Announcements:
+    """Counts the announcements that cross a bridge port of the host's netns."""
+
+    def __init__(self, ifname: str) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.bind((ifname, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def count(self, mac: str, v4: str, v6: str | None, rounds: int, bare: str | None = None,
+              timeout: float = 20) -> dict[str, int]:
+        """ARP requests and replies for ``v4`` and NAs for ``v6`` from ``mac``, and the frames of a link
+        without addresses from ``bare``: read until each expected kind reached ``rounds``, or ``timeout``."""
+        src = bytes.fromhex(mac.replace(":", ""))
+        other = bytes.fromhex(bare.replace(":", "")) if bare else None
+        ip4 = socket.inet_pton(socket.AF_INET, v4)
+        ip6 = socket.inet_pton(socket.AF_INET6, v6) if v6 else None
+        seen = {"request": 0, "reply": 0} | ({"na": 0} if ip6 else {}) | ({"hello": 0} if other else {})
+        deadline = time.monotonic() + timeout
+        while min(seen.values()) < rounds and time.monotonic() < deadline:
+            if not select.select([self.sock], [], [], 0.5)[0]:
+                continue
+            frame = self.sock.recv(65535)
+            if other and frame[6:12] == other and frame[12:14] == b"\x88\xb5" and frame[:6] == b"\xff" * 6:
+                seen["hello"] += 1
+            if frame[6:12] != src:
+                continue
+            if frame[12:14] == b"\x08\x06" and frame[28:32] == ip4 == frame[38:42]:
+                seen["request" if struct.unpack("!H", frame[20:22])[0] == 1 else "reply"] += 1
+            elif ip6 and frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136 and frame[62:78] == ip6:
+                assert frame[21] == 255 and frame[58] & 0x20  # hop limit 255, override
+                seen["na"] += 1
+        return seen

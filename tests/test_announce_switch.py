@@ -13,23 +13,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
-import socket
-import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, run, unique
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, read_line, run, unique
+from segment import Announcements
 
 import criu_macvlan
 from criu_macvlan import images as img
 from criu_macvlan import serve
-
-pytestmark = pytest.mark.integration
 
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 CLI = Path(sys.executable).with_name("criu-macvlan")
@@ -144,7 +139,7 @@ def served() -> Iterator[None]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     old = os.environ.get(serve.DIR_ENV)
     try:
-        assert proc.stderr is not None and "serving at" in proc.stderr.readline()
+        assert "serving at" in read_line(proc.stderr)
         os.environ[serve.DIR_ENV] = path
         yield
     finally:
@@ -160,6 +155,7 @@ def served() -> Iterator[None]:
             proc.wait()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["action-script", "rpc", "cli"])
 @pytest.mark.parametrize("empty", [False, True], ids=["criu-netns", "empty-netns"])
 def test_the_switch_learns_the_new_port_at_restore(net: Net, procs: Procs, images: Path, path: str,
@@ -171,6 +167,7 @@ def test_the_switch_learns_the_new_port_at_restore(net: Net, procs: Procs, image
     assert sw.ping()  # the first ping after the restore is answered
 
 
+@pytest.mark.integration
 def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path, served: None) -> None:
     sw = Switch(net, procs)
     dump_service(sw, procs, images)
@@ -180,6 +177,7 @@ def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path
     assert sw.ping()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["action-script", "rpc", "cli"])
 def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs, images: Path, path: str) -> None:
     sw = Switch(net, procs)
@@ -196,42 +194,7 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
     assert port == sw.a + "p", run("bridge", "fdb", "show", "br", sw.bridge).stdout  # nothing told the switch
 
 
-class Announcements:
-    """Counts the announcements that cross a bridge port of the host's netns."""
-
-    def __init__(self, ifname: str) -> None:
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.bind((ifname, 0))
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def count(self, mac: str, v4: str, v6: str | None, rounds: int, bare: str | None = None,
-              timeout: float = 20) -> dict[str, int]:
-        """ARP requests and replies for ``v4`` and NAs for ``v6`` from ``mac``, and the frames of a link
-        without addresses from ``bare``: read until each expected kind reached ``rounds``, or ``timeout``."""
-        src = bytes.fromhex(mac.replace(":", ""))
-        other = bytes.fromhex(bare.replace(":", "")) if bare else None
-        ip4 = socket.inet_pton(socket.AF_INET, v4)
-        ip6 = socket.inet_pton(socket.AF_INET6, v6) if v6 else None
-        seen = {"request": 0, "reply": 0} | ({"na": 0} if ip6 else {}) | ({"hello": 0} if other else {})
-        deadline = time.monotonic() + timeout
-        while min(seen.values()) < rounds and time.monotonic() < deadline:
-            if not select.select([self.sock], [], [], 0.5)[0]:
-                continue
-            frame = self.sock.recv(65535)
-            if other and frame[6:12] == other and frame[12:14] == b"\x88\xb5" and frame[:6] == b"\xff" * 6:
-                seen["hello"] += 1
-            if frame[6:12] != src:
-                continue
-            if frame[12:14] == b"\x08\x06" and frame[28:32] == ip4 == frame[38:42]:
-                seen["request" if struct.unpack("!H", frame[20:22])[0] == 1 else "reply"] += 1
-            elif ip6 and frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 136 and frame[62:78] == ip6:
-                assert frame[21] == 255 and frame[58] & 0x20  # hop limit 255, override
-                seen["na"] += 1
-        return seen
-
-
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["action-script", "rpc"])
 def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path, path: str) -> None:
     """IPv6 on: GARP request and reply for the IPv4 address and an NA for the IPv6 one, one frame for a
@@ -254,6 +217,7 @@ def test_what_is_sent_and_how_often(net: Net, procs: Procs, images: Path, path: 
         seen.close()
 
 
+@pytest.mark.integration
 def test_a_bad_setting_warns_once_and_announces_with_the_defaults(net: Net, procs: Procs, images: Path) -> None:
     sw = Switch(net, procs)
     dump_service(sw, procs, images)

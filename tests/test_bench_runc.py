@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, link_names
+from helpers import REPO, link_names
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CRIU, Net, Procs, alive, criu, ip, leaked, link_names
-from test_action_script import addrs_json, assert_moved, comparable, links_json, setup_links
+from helpers import CRIU, FourLinks, Net, Procs, addrs_json, alive, comparable, criu, ip, leaked, link_names, links_json
 
 from criu_macvlan import images as img
 from criu_macvlan import render
@@ -39,11 +38,8 @@ def sidecar_of(images: Path) -> img.Sidecar:
 
 
 def test_cli_dump_restore_show(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
-    host_before = link_names()
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
-    before, addrs_before = links_json(pid), addrs_json(pid)
+    s = FourLinks.make(net, procs)
+    b1, b2, pid = s.b1, s.b2, s.pid
     cli("dump", "-t", str(pid), "-D", str(images), "-v4", "-o", "dump.log")
     assert not alive(pid)
     assert "Dumping finished successfully" in (images / "dump.log").read_text()
@@ -58,15 +54,12 @@ def test_cli_dump_restore_show(net: Net, procs: Procs, images: Path) -> None:
     new = procs.adopt(int(res.stdout.strip()))
     assert int((images / "pid").read_text()) == new
     assert alive(new)
-    assert_moved(new, before, addrs_before, {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2})
-    procs.cleanup()
-    assert leaked(host_before) == set()
+    s.assert_moved(new)
+    s.assert_nothing_left(procs)
 
 
 def test_cli_show_json_round_trips_every_field(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2 = net.veth("pa"), net.veth("pa")
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
+    pid = FourLinks.make(net, procs).pid
     ip("route", "add", "10.240.0.0/16", "via", "10.231.0.1", "metric", "7", pid=pid)
     ip("-6", "route", "add", "2001:db8:99::/48", "via", "2001:db8:231::1", pid=pid)
     ip("addr", "add", "10.231.9.9", "peer", "10.231.9.10/32", "dev", "mvb", pid=pid)

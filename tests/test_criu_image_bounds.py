@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, criu
+from helpers import ACTION_SCRIPT, Net, Procs, criu, dumped
 
 from criu_macvlan import images
 from criu_macvlan import images as images_mod
@@ -83,11 +83,8 @@ def test_check_of_a_planted_netdev_image_stays_small(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_restore_with_a_planted_netdev_image_fails_in_one_line(net: Net, procs: Procs, images: Path) -> None:
     """16 MiB of empty entries next to a real dump: the action script refuses it at once."""
-    a, b = net.veth("pa"), net.veth("pb")
-    pid = procs.tree()
-    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
+    _, b = dumped(net, procs, images)
     script = ["--action-script", str(ACTION_SCRIPT)]
-    criu("dump", "-t", str(pid), *script, images=images, log="dump.log")
     planted(images, (16 << 20) // len(EMPTY_ENTRY))
     res = criu("restore", "-d", *script, "--external", f"macvlan[mv0]:{b}", images=images, log="restore.log",
                check=False, timeout=120)

@@ -15,11 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
 
 from criu_macvlan.errors import ExitCode
-
-pytestmark = pytest.mark.integration
 
 
 def killer(tmp_path: Path) -> Path:
@@ -51,6 +49,7 @@ def adopt_orphan(procs: Procs, tmp_path: Path) -> int:
     return procs.adopt(int(pidfile.read_text()))
 
 
+@pytest.mark.integration
 def test_cli_restore_fails_when_criu_swrk_is_killed(net: Net, procs: Procs, tmp_path: Path) -> None:
     a, b = net.veth("pa"), net.veth("pb")
     images = tmp_path / "img"
@@ -82,6 +81,7 @@ def macvlans_in(pid: int) -> int:
     return len(out.splitlines())
 
 
+@pytest.mark.integration
 def test_action_script_stops_and_rolls_back_when_criu_is_killed(net: Net, procs: Procs, tmp_path: Path) -> None:
     """400 links; criu SIGKILLed once the first ones exist: the hook stops, removes them and says so."""
     n = 400

@@ -8,9 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, ip, link_names, run
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, ip, link_names, links_json, run
 from segment import Segment, configure_l3, ours, wait_listening
-from test_action_script import links_json
 
 from criu_macvlan import images as img
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CRIU, Procs
+from helpers import CRIU, Procs, wait_unshared
 
 from criu_macvlan import criulog
 from criu_macvlan.errors import ExitCode
@@ -64,9 +63,7 @@ def test_cli_names_the_cause_and_the_log(procs: Procs, tmp_path: Path) -> None:
     """A real failing dump: the tree is not a session leader (no --shell-job)."""
     p = subprocess.Popen(["unshare", "--net", "sleep", "100000"], stdin=subprocess.DEVNULL)  # exec'd: our session
     procs.popens.append(p)
-    pid = procs.adopt(p.pid)
-    while os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-        pass  # unshare has not unshared yet: a few microseconds
+    pid = wait_unshared(procs.adopt(p.pid))
     res = subprocess.run([sys.executable, "-m", "criu_macvlan.cli", "--criu", CRIU, "dump", "-t", str(pid),
                           "-D", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert res.stderr.strip().splitlines() == [

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, REPO, Net, Procs, ip
+from helpers import ACTION_SCRIPT, REPO, Net, Procs, ip
+from runc_bundle import Runc
 from segment import Segment, configure_l3
-from test_userns import Runc
-from test_userns import container as container  # the fixture, for this module too
 
 from criu_macvlan import delivered
 from criu_macvlan.manager import plugin_manager

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sidecars import encoded, full_link
-from test_images import netdev_entries
+from sidecars import encoded, full_link, netdev_entries
 
 from criu_macvlan import images
 from criu_macvlan.context import ActionContext, ImagesDir, Mode

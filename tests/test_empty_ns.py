@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names
 from segment import (
     SERVER,
     V4,
@@ -168,7 +168,7 @@ def test_rpc_empty_ns_tcp_listener_survives(
     net: Net, procs: Procs, images: Path, inet_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The engine view: dump and restore over RPC with opts.empty_ns = CLONE_NEWNET, hooks in-process."""
-    from conftest import CRIU
+    from helpers import CRIU
 
     from criu_macvlan.rpc import Criu
 

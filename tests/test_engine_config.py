@@ -14,9 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, link_names
-from test_action_script import addrs_json, assert_moved, links_json, setup_links
-from test_cli import leaked
+from helpers import ACTION_SCRIPT, CRIU, FourLinks, Net, Procs, alive
 
 from criu_macvlan import images as img
 
@@ -52,12 +50,8 @@ def raw_request(kind: str, images: Path, **opts: Any) -> Any:
 def test_engine_config_file_dump_restore(
     net: Net, procs: Procs, images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
-    host_before = link_names()
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
-    before, addrs_before = links_json(pid), addrs_json(pid)
-    maps = {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2}
+    s = FourLinks.make(net, procs)
+    pid, maps = s.pid, s.maps
     conf = tmp_path / "engine.conf"  # what an engine's runc.conf would say
     externals = "".join(f"external macvlan[{k}]:{v}\n" for k, v in maps.items())
     conf.write_text(f"action-script {ACTION_SCRIPT}\n{externals}")
@@ -73,12 +67,11 @@ def test_engine_config_file_dump_restore(
         summaries = [img.summarize_netdev(fd, n) for n in img.netdev_images(fd)]
     finally:
         os.close(fd)
-    assert sorted(name for s in summaries for name, _ in s.converted) == sorted(maps)
-    assert not [e for s in summaries for e in s.native]
+    assert sorted(name for x in summaries for name, _ in x.converted) == sorted(maps)
+    assert not [e for x in summaries for e in x.native]
 
     resp = raw_request("RESTORE", images, log_file="restore.log", log_level=4, config_file=str(conf))
     new = procs.adopt(resp.restore.pid)
     assert alive(new)
-    assert_moved(new, before, addrs_before, maps)
-    procs.cleanup()
-    assert leaked(host_before) == set()
+    s.assert_moved(new)
+    s.assert_nothing_left(procs)

@@ -236,7 +236,7 @@ def run_under_fake_runc(tmp_path: Path, bundle_dir: Path) -> subprocess.Complete
     A real runc parses config.json before it starts CRIU, so it cannot hand CRIU a broken
     one; this stands in for a file that changed under it. Only process names and files are fake.
     """
-    from conftest import ACTION_SCRIPT
+    from helpers import ACTION_SCRIPT
 
     images = tmp_path / "images"
     images.mkdir()

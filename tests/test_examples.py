@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, REPO, Net, Procs, alive, criu, ip, run
+from helpers import ACTION_SCRIPT, CRIU, REPO, Net, Procs, alive, criu, ip, run
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, criu, link_names
+from helpers import ACTION_SCRIPT, Net, Procs, criu, link_names
 
 from criu_macvlan.errors import UsageError
 from criu_macvlan.mappings import check_ifname

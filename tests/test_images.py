@@ -17,7 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sidecars import encoded, full_head, full_link, valid_samples
+from helpers import read_line
+from sidecars import encoded, full_head, full_link, netdev_entries, valid_samples
 
 from criu_macvlan import images
 from criu_macvlan import macvlan_pb2 as pb
@@ -301,28 +302,6 @@ def test_duplicate_names_and_ifindexes() -> None:
 # ---------------------------------------------------------- netdev rewrite
 
 
-def netdev_entries() -> list[bytes]:
-    """CRIU-made netdev entries: loopback, a veth, a macvlan; unknown fields on the veth and the macvlan."""
-    from pycriu.images import netdev_pb2 as nd
-
-    ctl_32 = nd.net_device_entry.DESCRIPTOR.fields_by_name["conf4"].message_type.fields_by_name[
-        "type"
-    ].enum_type.values_by_name["CTL_32"].number
-    lo = nd.net_device_entry(type=nd.LOOPBACK, ifindex=1, mtu=65536, flags=0x49, name="lo")
-    lo.conf4.add(type=ctl_32, iarg=0)
-    veth = nd.net_device_entry(type=nd.VETH, ifindex=2, mtu=1500, flags=0x1003, name="eth0", address=b"\x02" * 6)
-    veth.peer_ifindex = 40
-    mv = nd.net_device_entry(type=nd.MACVLAN, ifindex=3, mtu=1400, flags=0x1003, name="mv0", address=b"\x02\x42" * 3)
-    mv.macvlan.mode = 4
-    mv.macvlan.flags = 1
-    mv.conf6.add(type=ctl_32, iarg=1)
-    other = nd.net_device_entry(type=nd.MACVLAN, ifindex=4, mtu=1500, flags=0, name="mv1", address=b"\x02" * 6)
-    other.macvlan.mode = 2
-    unknown = b"\xa0\x3e\x2a" + b"\xaa\x3e\x03xyz"  # field 1000 varint 42, field 1001 bytes "xyz"
-    return [lo.SerializeToString(), veth.SerializeToString() + unknown, mv.SerializeToString() + unknown,
-            other.SerializeToString()]
-
-
 def test_netdev_rewrite_is_lossless(imgdir: tuple[Path, int]) -> None:
     from pycriu.images import netdev_pb2 as nd
 
@@ -471,8 +450,7 @@ def test_killed_writer_leaves_old_file(imgdir: tuple[Path, int]) -> None:
         [sys.executable, "-c", KILLED_WRITER, str(d), new.hex()], stdout=subprocess.PIPE, text=True, cwd=REPO
     )
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "writing"
+        assert read_line(proc.stdout).strip() == "writing"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    # from a copy: building writes into the source tree (egg-info), which a user other than its owner cannot
+    src = tmp_path_factory.mktemp("src") / "criu-macvlan"
+    for tree in ("criu_macvlan", "hooks"):
+        shutil.copytree(REPO / tree, src / tree, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-build-isolation"]
-    subprocess.run([*pip, str(REPO)], check=True, capture_output=True)
+    subprocess.run([*pip, str(src)], check=True, capture_output=True)
     return venv
 
 

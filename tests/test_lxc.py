@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, ip, leaked, link_names, unique
+from helpers import ACTION_SCRIPT, Net, ip, leaked, link_names, unique
 
 LXC_TOOLS = ("lxc-create", "lxc-start", "lxc-checkpoint", "lxc-info", "lxc-stop", "lxc-destroy")
 

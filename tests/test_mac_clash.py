@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, netns_inode, run
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, netns_inode, run
 
 pytestmark = pytest.mark.integration
 

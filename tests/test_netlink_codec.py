@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Net, Procs, ip
 
 from criu_macvlan import macvlan_pb2 as pb
 from criu_macvlan import netlink
-from tests.conftest import Net, Procs, ip
 
 MAC = bytes.fromhex("02aabbccdd01")
 

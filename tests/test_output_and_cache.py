@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, REPO, Net, Procs, alive, criu
+from helpers import ACTION_SCRIPT, CRIU, REPO, Net, Procs, alive, criu, read_line
 from sidecars import encoded, full_head, full_link
 
 from criu_macvlan import cli, manager
@@ -188,8 +188,7 @@ def test_cli_restore_hint_status_and_pidfile(net: Net, procs: Procs, images: Pat
                                   "--macvlan", f"mvo:{b}", "--pidfile", str(pidfile)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        assert restoring.stdout is not None
-        line = restoring.stdout.readline()
+        line = read_line(restoring.stdout)
         assert line.strip().isdigit(), restoring.stderr.read() if restoring.stderr else ""
         new = procs.adopt(int(line))
         assert alive(new)

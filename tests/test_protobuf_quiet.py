@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, criu
+from helpers import ACTION_SCRIPT, Net, Procs, criu, dumped
 
 from criu_macvlan import images
 from criu_macvlan import macvlan_pb2 as pb
@@ -57,11 +57,8 @@ def test_stderr_works_after_decoding(capfd: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.integration
 def test_restore_log_has_our_line_only(net: Net, procs: Procs, images: Path) -> None:
-    a, b = net.veth("pa"), net.veth("pb")
-    pid = procs.tree()
-    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
+    _, b = dumped(net, procs, images)
     script = ["--action-script", str(ACTION_SCRIPT)]
-    criu("dump", "-t", str(pid), *script, images=images, log="dump.log")
     data = (images / "macvlan.img").read_bytes()
     (images / "macvlan.img").write_bytes(data.replace(b"mv0", b"mv\xff"))
     res = criu("restore", "-d", *script, "--external", f"macvlan[mv0]:{b}", images=images, log="restore.log",

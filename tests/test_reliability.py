@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names, unique
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names, unique
 
 from criu_macvlan import images as img
 
@@ -151,16 +151,7 @@ def test_dump_failing_after_pre_dump_leaves_nothing(net: Net, procs: Procs, imag
     mark = marker()
     ours, theirs = socket.socketpair()
     try:
-        p = subprocess.Popen(
-            ["unshare", "--pid", "--net", "--fork", "setsid", "sleep", mark],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=[theirs.fileno()],
-        )
-        procs.popens.append(p)
-        deadline = time.monotonic() + 10
-        while not pids_running(mark) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        pid = procs.adopt(pids_running(mark)[0])
+        pid = procs.tree("sleep", mark, pass_fds=(theirs.fileno(),))
         theirs.close()
         net.macvlan_into(pid, "mv0", a, "mode", "bridge")
         res = criu("dump", "-t", str(pid), *SCRIPT, images=images, log="dump.log", check=False)

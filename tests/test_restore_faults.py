@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import Net, Procs, ip, link_names, unique
+from helpers import Net, Procs, ip, link_names, unique
 
 from criu_macvlan import macvlan_pb2 as pb
 from criu_macvlan import netlink, plugin

@@ -8,9 +8,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from conftest import CRIU, Net, Procs, alive, ip, link_names
-from test_action_script import addrs_json, assert_moved, comparable, links_json, setup_links
-from test_cli import leaked
+from helpers import (
+    CRIU,
+    FourLinks,
+    Net,
+    Procs,
+    addrs_json,
+    alive,
+    comparable,
+    ip,
+    leaked,
+    link_names,
+    links_json,
+    wait_unshared,
+)
 
 from criu_macvlan.context import ActionContext
 from criu_macvlan.errors import CriuError, ExitCode, HookError
@@ -97,11 +108,8 @@ def hooks_with(plugin: object) -> Hooks:
 
 
 def test_rpc_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Path) -> None:
-    a1, a2, b1, b2 = net.veth("pa"), net.veth("pa"), net.veth("pb"), net.veth("pb")
-    host_before = link_names()
-    pid = procs.tree()
-    setup_links(net, pid, a1, a2)
-    before, addrs_before = links_json(pid), addrs_json(pid)
+    s = FourLinks.make(net, procs)
+    b1, b2, pid = s.b1, s.b2, s.pid
     rec = Recorder()
     criu = Criu(CRIU, notify=rec)
 
@@ -120,10 +128,8 @@ def test_rpc_dump_restore_onto_other_parents(net: Net, procs: Procs, images: Pat
                      "network_unlock", "pre_resume", "post_resume"]
     assert ("setup_namespaces", new) in rec.calls and ("post_restore", new) in rec.calls
     assert {"mvb", "mvv", "mvd", "mvs"} <= rec.links_at_setup  # ours ran before the callback
-    assert_moved(new, before, addrs_before, {"mvb": b1, "mvd": b1, "mvv": b2, "mvs": b2})
-
-    procs.cleanup()
-    assert leaked(host_before) == set()
+    s.assert_moved(new)
+    s.assert_nothing_left(procs)
 
 
 def test_rpc_hook_failure_mid_restore_aborts_cleanly(net: Net, procs: Procs, images: Path) -> None:
@@ -235,9 +241,7 @@ def test_rpc_criu_failure_after_pre_dump(net: Net, procs: Procs, images: Path) -
     p = subprocess.Popen(["unshare", "--net", "sleep", "100000"], stdin=subprocess.DEVNULL,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     procs.popens.append(p)
-    pid = procs.adopt(p.pid)
-    while os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net") or not alive(pid):
-        pass
+    pid = wait_unshared(procs.adopt(p.pid))
     net.macvlan_into(pid, "mv0", a1, "mode", "bridge")
     rec = Recorder()
     with pytest.raises(CriuError) as err:
@@ -263,7 +267,7 @@ def test_version_and_check() -> None:
 @pytest.mark.parametrize("how", ["rpc", "action-script"])
 def test_parent_inside_the_dumped_netns_is_refused(procs: Procs, images: Path, how: str) -> None:
     """Over RPC the links are read while CRIU dumps, so the refusal comes at post-dump; CRIU resumes the tree."""
-    from conftest import ACTION_SCRIPT, criu
+    from helpers import ACTION_SCRIPT, criu
 
     pid = procs.tree()
     ip("link", "add", "vin", "type", "veth", "peer", "name", "vinp", pid=pid)

@@ -8,40 +8,17 @@ engine config files and name them in its hint.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, ip, unique
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, ip, unique
 
 pytestmark = pytest.mark.integration
-ETC_LOCK = "/run/criu-macvlan-tests-etc.lock"
-OUR_CONF = Path("/etc/criu/criu-macvlan.conf")
-
-
-@pytest.fixture
-def etc_conf() -> Iterator[Path]:
-    """/etc/criu/criu-macvlan.conf, for this test alone; its old content restored afterwards."""
-    with open(ETC_LOCK, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        made_dir = not OUR_CONF.parent.exists()
-        OUR_CONF.parent.mkdir(exist_ok=True)
-        old = OUR_CONF.read_bytes() if OUR_CONF.exists() else None
-        try:
-            yield OUR_CONF
-        finally:
-            if old is None:
-                OUR_CONF.unlink(missing_ok=True)
-            else:
-                OUR_CONF.write_bytes(old)
-            if made_dir:
-                with contextlib.suppress(OSError):
-                    OUR_CONF.parent.rmdir()
+OUR_CONF = "/etc/criu/criu-macvlan.conf"
 
 
 def request(kind: str, images: Path, **opts: Any) -> Any:
@@ -68,7 +45,7 @@ def request(kind: str, images: Path, **opts: Any) -> Any:
 
 
 def test_action_script_of_an_rpc_criu_takes_mappings_from_etc(
-    net: Net, procs: Procs, images: Path, tmp_path: Path, etc_conf: Path
+    net: Net, procs: Procs, images: Path, tmp_path: Path, etc_files: Callable[[str, str], None]
 ) -> None:
     parent = net.veth("pa")
     pid = procs.tree()
@@ -77,8 +54,7 @@ def test_action_script_of_an_rpc_criu_takes_mappings_from_etc(
     conf = tmp_path / "engine.conf"
     conf.write_text(f"action-script {ACTION_SCRIPT}\n")
     external = [f"macvlan[{mv}]:{parent}"]
-    with contextlib.suppress(FileNotFoundError):
-        etc_conf.unlink()
+    etc_files(OUR_CONF, "")  # no mapping on this host yet
     resp = request("DUMP", images, pid=pid, log_file="dump.log", log_level=4, config_file=str(conf))
     assert resp.success and (images / "macvlan.img").exists()
 
@@ -90,7 +66,7 @@ def test_action_script_of_an_rpc_criu_takes_mappings_from_etc(
             f"'external macvlan[{mv}]:OUT' to /etc/criu/criu-macvlan.conf or the file named by "
             "$CRIU_MACVLAN_CONFIG (an action script cannot see an RPC client's opts.external)") in log
 
-    etc_conf.write_text(f"external macvlan[{mv}]:{parent}\n")
+    etc_files(OUR_CONF, f"external macvlan[{mv}]:{parent}\n")
     resp = request("RESTORE", images, log_file="restore2.log", log_level=4, config_file=str(conf), external=external)
     assert resp.success, (images / "restore2.log").read_text()[-3000:]
     new = procs.adopt(resp.restore.pid)

@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, ip, link_names, unique
+from helpers import ACTION_SCRIPT, Net, Procs, alive, ip, link_names
+from runc_bundle import BUSYBOX, RUNC, Runc, fetch, mvb_routes, mvb_state
 from segment import V4, V6, Segment, addresses, configure_l3, ours
-from test_serve import start, stop
-from test_userns import BUSYBOX, HOST_ID, RUNC, Runc, fetch, mvb_routes
 
 from criu_macvlan import engines, serve
 
@@ -43,17 +42,6 @@ def make(env: dict[str, str], made: list[Runc], userns: bool, annotation: bool) 
 
 
 @pytest.fixture
-def helper() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """A `criu-macvlan serve` of this test's own (as test_serve's)."""
-    path = f"/run/criu-macvlan/test-{unique('s')}"
-    proc = start(path)
-    try:
-        yield path, proc
-    finally:
-        stop(proc)
-
-
-@pytest.fixture
 def containers() -> Iterator[list[Runc]]:
     made: list[Runc] = []
     try:
@@ -64,15 +52,8 @@ def containers() -> Iterator[list[Runc]]:
 
 
 def checkpoint_restore_onto_b(c: Runc, net: Net, seg: Segment, userns: bool) -> None:
-    c("create", c.id)
-    pid = c.pid()
-    if userns:
-        assert Path(f"/proc/{pid}/uid_map").read_text().split()[:2] == ["0", str(HOST_ID)]
-    configure_l3(net, pid, seg.a)
-    c("start", c.id)
-    assert fetch(seg, V4) == "hello from the container"
-    before = json.loads(ip("-j", "-d", "link", "show", "dev", "mvb", pid=pid))[0]
-    addrs_before, routes_before = addresses(pid, "mvb"), mvb_routes(pid)
+    pid = c.start_on(net, seg, userns)
+    before, addrs_before, routes_before = mvb_state(pid)
 
     c("checkpoint", "--image-path", str(c.images), "--work-path", str(c.work), c.id)
     assert (c.images / "macvlan.img").exists()
@@ -109,10 +90,10 @@ def test_runc_conf_recipe(
 
 def test_runc_conf_recipe_served(
     net: Net, procs: Procs, runc_env: dict[str, str], containers: list[Runc],
-    etc_files: Callable[[str, str], None], helper: tuple[str, subprocess.Popen[str]],
+    etc_files: Callable[[str, str], None], served: tuple[str, subprocess.Popen[str]],
 ) -> None:
     """The same recipe with `criu-macvlan serve`: its child finds runc's file as Python would."""
-    path, proc = helper
+    path, proc = served
     seg = Segment(net, procs)
     etc_files(RUNC_CONF, f"action-script {ACTION_SCRIPT}\nexternal macvlan[mvb]:{seg.b}\n")
     env = {**runc_env, serve.DIR_ENV: path, "CRIU_MACVLAN_DEBUG": "1"}

@@ -19,12 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, unique
-from test_action_script import links_json
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, criu_stand_in, links_json, read_line, unique
 
 from criu_macvlan import serve, warm
 
-pytestmark = pytest.mark.integration
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -86,6 +84,7 @@ def pending(fifo: Path) -> bytes:
         os.close(fd)
 
 
+@pytest.mark.integration
 def test_a_serve_dir_made_by_another_user_is_not_used(net: Net, procs: Procs, images: Path,
                                                       world_writable: Path) -> None:
     path = world_writable / "serve"
@@ -110,6 +109,7 @@ def test_a_serve_dir_made_by_another_user_is_not_used(net: Net, procs: Procs, im
         fake.wait()
 
 
+@pytest.mark.integration
 def test_a_symlinked_serve_dir_is_not_used(tmp_path: Path) -> None:
     """A symlink to a real helper's directory is not followed by the shim."""
     real = Path(f"/run/criu-macvlan/test-{unique('l')}")
@@ -119,7 +119,7 @@ def test_a_symlinked_serve_dir_is_not_used(tmp_path: Path) -> None:
     proc = subprocess.Popen([str(CLI), "serve", "--dir", str(real)], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert proc.stderr is not None and "serving at" in proc.stderr.readline()
+        assert "serving at" in read_line(proc.stderr)
         # we hold the images dir, as CRIU would: the service serves a hook of ours
         images = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
         hook_env = {**env, "CRTOOLS_SCRIPT_ACTION": "setup-namespaces",
@@ -157,6 +157,7 @@ plugin = Blocker()
 '''
 
 
+@pytest.mark.integration
 def test_a_serve_child_killed_mid_action_falls_back_to_python(net: Net, procs: Procs, images: Path,
                                                               tmp_path: Path) -> None:
     """A plugin that only the service loads blocks in setup-namespaces; its child is SIGKILLed there."""
@@ -176,7 +177,7 @@ def test_a_serve_child_killed_mid_action_falls_back_to_python(net: Net, procs: P
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                env={**env, "PYTHONPATH": str(site), "BLOCKER_MARK": str(mark)})
     try:
-        assert service.stderr is not None and "serving at" in service.stderr.readline()
+        assert "serving at" in read_line(service.stderr)
         pidfile = images / "restored.pid"
         restoring = subprocess.Popen([CRIU, "restore", "-d", "--pidfile", str(pidfile), *SCRIPT,
                                       f"--external=macvlan[mvr]:{parent}", "-D", str(images), "-v4",
@@ -245,16 +246,6 @@ def test_the_shared_caches_are_not_written_through_symlinks(tmp_path: Path) -> N
     assert (cache / "handled-actions").read_text() == "pre-dump\n"
 
 
-def stand_in_criu(images: Path) -> subprocess.Popen[bytes]:
-    """A process holding an images dir as fd 9, as CRIU does: hooks get ``/proc/<it>/fd/9``."""
-    proc = subprocess.Popen(["sh", "-c", 'exec 9<"$0"; exec sleep 1000', str(images)])
-    deadline = time.monotonic() + 10
-    while not os.path.exists(f"/proc/{proc.pid}/fd/9"):
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
-    return proc
-
-
 def stale_dir(pid: int, mtime: float | None = None) -> Path:
     path = Path(warm.runtime_dir(pid))
     path.mkdir(mode=0o700, parents=True)
@@ -266,12 +257,13 @@ def stale_dir(pid: int, mtime: float | None = None) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_pre_dump_sweeps_the_dirs_of_dead_helpers(procs: Procs, images: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     reused = subprocess.Popen(["sleep", "1000"])  # its pid names a dir made long before it started
     live = subprocess.Popen(["sleep", "1000"])
-    criu_proc = stand_in_criu(images)
+    criu_proc = criu_stand_in(images)
     made = [stale_dir(dead.pid), stale_dir(reused.pid, time.time() - 3600), stale_dir(live.pid)]
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CRTOOLS_", "CRIU_MACVLAN_"))}

@@ -3,59 +3,25 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, unique
-from test_action_script import links_json
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, links_json, start_serve, stop_serve, unique
 
 from criu_macvlan import serve
 
-pytestmark = pytest.mark.integration
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
-
-
-def start(path: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([str(CLI), "serve", "--dir", path], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    line = proc.stderr.readline()
-    assert line.strip() == f"criu-macvlan: serving at {path} (pid {proc.pid})", line
-    return proc
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture
-def served() -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """A helper in a runtime dir of this test's own: a helper the host may run is never used."""
-    path = f"/run/criu-macvlan/test-{unique('s')}"
-    proc = start(path)
-    try:
-        yield path, proc
-    finally:
-        stop(proc)
-        assert not os.path.exists(path)
 
 
 def env_for(path: str) -> dict[str, str]:
     return {**os.environ, serve.DIR_ENV: path, "CRIU_MACVLAN_DEBUG": "1"}
 
 
+@pytest.mark.integration
 def test_dump_and_restore_are_served(net: Net, procs: Procs, images: Path,
                                      served: tuple[str, subprocess.Popen[str]]) -> None:
     path, proc = served
@@ -81,6 +47,7 @@ def test_dump_and_restore_are_served(net: Net, procs: Procs, images: Path,
     assert proc.poll() is None
 
 
+@pytest.mark.integration
 def test_a_failing_action_fails_the_same_when_served(net: Net, procs: Procs, images: Path,
                                                      served: tuple[str, subprocess.Popen[str]]) -> None:
     path, proc = served
@@ -96,9 +63,10 @@ def test_a_failing_action_fails_the_same_when_served(net: Net, procs: Procs, ima
     assert proc.poll() is None  # a failed action does not hurt the helper
 
 
+@pytest.mark.integration
 def test_one_helper_per_dir_and_a_dead_one_is_no_harm(net: Net, procs: Procs, images: Path) -> None:
     path = f"/run/criu-macvlan/test-{unique('s')}"
-    first = start(path)
+    first = start_serve(path)
     try:
         second = subprocess.run([str(CLI), "serve", "--dir", path], capture_output=True, text=True, timeout=30,
                                 check=False)
@@ -117,10 +85,10 @@ def test_one_helper_per_dir_and_a_dead_one_is_no_harm(net: Net, procs: Procs, im
         new = procs.adopt(int(pidfile.read_text()))
         assert alive(new) and "mvs" in links_json(new)
         assert "criu-macvlan serve" not in (images / "restore.log").read_text()  # Python ran it
-        again = start(path)  # takes over the stale dir
-        stop(again)
+        again = start_serve(path)  # takes over the stale dir
+        stop_serve(again)
     finally:
-        stop(first)
+        stop_serve(first)
         subprocess.run(["rm", "-rf", path], check=False)
     assert not os.path.exists(path)
 
@@ -130,6 +98,7 @@ def test_requests_that_do_not_check_out_are_ignored() -> None:
     assert serve.shim_request(2**22 + 12345) is None  # no such process
 
 
+@pytest.mark.integration
 def test_serve_goes_away_when_idle() -> None:
     path = f"/run/criu-macvlan/test-{unique('s')}"
     t0 = time.monotonic()
@@ -138,6 +107,7 @@ def test_serve_goes_away_when_idle() -> None:
     assert not os.path.exists(path)
 
 
+@pytest.mark.integration
 def test_a_refused_request_falls_back_to_python_at_once(tmp_path: Path,
                                                         served: tuple[str, subprocess.Popen[str]]) -> None:
     """The images dir is not one a CRIU parent of the hook holds: the helper refuses, the hook runs Python."""
@@ -160,6 +130,7 @@ def test_the_systemd_unit_runs_the_serve_command() -> None:
     assert res.returncode == 0 and "--idle-timeout" in res.stdout
 
 
+@pytest.mark.integration
 def test_two_restores_at_once_are_both_served(net: Net, procs: Procs, tmp_path: Path,
                                               served: tuple[str, subprocess.Popen[str]]) -> None:
     """Each request runs in a child of its own: two CRIUs restoring at the same time do not wait for each other."""
@@ -173,7 +144,7 @@ def test_two_restores_at_once_are_both_served(net: Net, procs: Procs, tmp_path: 
         d.mkdir()
         criu("dump", "-t", str(pid), *SCRIPT, images=d, log="dump.log", env=env_for(path))
         dirs.append(d)
-    from conftest import CRIU
+    from helpers import CRIU
 
     running = [
         subprocess.Popen([CRIU, "restore", "-d", "--pidfile", str(d / "restored.pid"), *SCRIPT,

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names, netns_inode
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, link_names, netns_inode
 
 pytestmark = pytest.mark.integration
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]

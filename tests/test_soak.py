@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import CRIU, Net, Procs, ip, link_names
+from helpers import CRIU, Net, Procs, ip, link_names
 
 from criu_macvlan.errors import CriuMacvlanError
 from criu_macvlan.netns import tree_pids

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 import pytest
-from conftest import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu
+from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, dumped
 
 from criu_macvlan import images
 from criu_macvlan.errors import ExitCode, ImageError
@@ -140,15 +140,6 @@ def test_cli_commands_refuse_a_fifo_netdev_image(tmp_path: Path, command: str) -
 
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 STAGED = images.STAGED
-
-
-def dumped(net: Net, procs: Procs, images_dir: Path) -> tuple[int, str]:
-    """A tree with macvlan mv0 dumped into ``images_dir``; the pid and a parent to restore on."""
-    a, b = net.veth("pa"), net.veth("pb")
-    pid = procs.tree()
-    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
-    criu("dump", "-t", str(pid), *SCRIPT, images=images_dir, log="dump.log")
-    return pid, b
 
 
 def swap(path: Path, kind: str) -> None:

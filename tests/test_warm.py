@@ -11,11 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ACTION_SCRIPT, Net, Procs, alive, criu, ip
+from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, criu_stand_in, ip
 
 from criu_macvlan import warm
-
-pytestmark = pytest.mark.integration
 
 
 def gone(pid: int, path: str, within: float = 10.0) -> bool:
@@ -33,10 +31,8 @@ def stand_in_criu(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Pat
     """A process holding an images dir as fd 9, as CRIU does: hooks get ``/proc/<it>/fd/9``."""
     images = tmp_path / "img"
     images.mkdir()
-    proc = subprocess.Popen(["sh", "-c", 'exec 9<"$0"; exec sleep 1000', str(images)])
+    proc = criu_stand_in(images)
     try:
-        while not os.path.exists(f"/proc/{proc.pid}/fd/9"):
-            time.sleep(0.001)
         yield proc, images
     finally:
         proc.kill()
@@ -51,6 +47,7 @@ def hook(action: str, criu_pid: int, tree: int | None = None) -> subprocess.Comp
     return subprocess.run([str(ACTION_SCRIPT)], env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
+@pytest.mark.integration
 def test_real_dump_runs_post_dump_in_the_helper_which_exits_with_criu(net: Net, procs: Procs, images: Path) -> None:
     parent = net.veth("wp")
     pid = procs.tree()
@@ -68,6 +65,7 @@ def test_real_dump_runs_post_dump_in_the_helper_which_exits_with_criu(net: Net, 
     assert gone(helper, warm.runtime_dir(criu_pid)), "the helper outlived criu"
 
 
+@pytest.mark.integration
 def test_helper_exits_when_criu_exits(procs: Procs, stand_in_criu: tuple[subprocess.Popen[bytes], Path]) -> None:
     criu_proc, _ = stand_in_criu
     res = hook("pre-dump", criu_proc.pid, procs.tree())
@@ -80,6 +78,7 @@ def test_helper_exits_when_criu_exits(procs: Procs, stand_in_criu: tuple[subproc
     assert gone(helper, path)
 
 
+@pytest.mark.integration
 def test_sigterm_removes_the_helper_and_post_dump_still_runs(
     procs: Procs, stand_in_criu: tuple[subprocess.Popen[bytes], Path]
 ) -> None:
@@ -94,6 +93,7 @@ def test_sigterm_removes_the_helper_and_post_dump_still_runs(
     assert "warm helper" not in res.stderr
 
 
+@pytest.mark.integration
 def test_a_dead_helper_left_behind_is_no_harm(stand_in_criu: tuple[subprocess.Popen[bytes], Path]) -> None:
     """A SIGKILLed helper leaves its FIFOs: the shim sees its pid is gone and runs Python."""
     criu_proc, _ = stand_in_criu
@@ -114,6 +114,7 @@ def test_a_dead_helper_left_behind_is_no_harm(stand_in_criu: tuple[subprocess.Po
         os.rmdir(path)
 
 
+@pytest.mark.integration
 def test_post_dump_failure_in_the_helper_is_the_hooks_exit_code(
     procs: Procs, stand_in_criu: tuple[subprocess.Popen[bytes], Path]
 ) -> None:

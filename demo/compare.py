@@ -1,4 +1,4 @@
-"""``python -m criu_macvlan.demo --compare N``: the demo's migration, side by side with native CRIU.
+"""``python -m demo --compare N``: the demo's migration, side by side with native CRIU.
 
 The same migration (the demo's echo service, one TCP connection, host A's NIC to
 host B's NIC on one switch) runs N times per path, the paths alternating in a
@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from . import demo
-from .errors import CriuMacvlanError
+from criu_macvlan.errors import CriuMacvlanError
+
+from .steps import Report, run
+from .ui import DemoError, Interrupted, say, signals_raise
 
 PATHS = ("rpc", "cli", "native")
 TARGET = 1.1  # criu-macvlan over RPC, as a multiple of native's client-observed downtime
@@ -31,7 +33,7 @@ TARGET = 1.1  # criu-macvlan over RPC, as a multiple of native's client-observed
 
 def free_ifindex() -> int:
     """An ifindex no link of the host's netns uses (native CRIU needs the service's to be free)."""
-    from . import netlink as nl
+    from criu_macvlan import netlink as nl
 
     with nl.Rtnl(None) as host:
         used = {int(msg["index"]) for msg in host.links()}
@@ -42,20 +44,20 @@ def _median(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-def measure(runs: int, criu_bin: str, progress: Callable[[str], None]) -> dict[str, list[demo.Report]]:
+def measure(runs: int, criu_bin: str, progress: Callable[[str], None]) -> dict[str, list[Report]]:
     """``runs`` migrations per path, the paths alternating in a rotating order; raises
-    :class:`demo.DemoError` (with the failed run's output shown) or :class:`demo.Interrupted`."""
-    reports: dict[str, list[demo.Report]] = {p: [] for p in PATHS}
+    :class:`DemoError` (with the failed run's output shown) or :class:`Interrupted`."""
+    reports: dict[str, list[Report]] = {p: [] for p in PATHS}
     for i in range(runs):
         for path in PATHS[i % len(PATHS):] + PATHS[:i % len(PATHS)]:
-            report = demo.Report(path=path, ifindex=free_ifindex())
+            report = Report(path=path, ifindex=free_ifindex())
             out = io.StringIO()
             try:
                 with contextlib.redirect_stdout(out):
-                    demo.run(report, criu_bin, False, sys.executable)
-            except (demo.DemoError, CriuMacvlanError, OSError) as exc:
+                    run(report, criu_bin, False, sys.executable)
+            except (DemoError, CriuMacvlanError, OSError) as exc:
                 sys.stdout.write(out.getvalue())
-                raise demo.DemoError(f"run {i + 1}, {path}: {exc}") from exc
+                raise DemoError(f"run {i + 1}, {path}: {exc}") from exc
             reports[path].append(report)
             progress(f"  run {i + 1} {path:6}: downtime {report.downtime_ms:7.1f} ms, frozen {report.freeze_ms:6.1f} "
                      f"ms, restore {report.restore_ms:6.1f} ms, switch moved at restore: "
@@ -63,7 +65,7 @@ def measure(runs: int, criu_bin: str, progress: Callable[[str], None]) -> dict[s
     return reports
 
 
-def table(reports: dict[str, list[demo.Report]]) -> list[str]:
+def table(reports: dict[str, list[Report]]) -> list[str]:
     """Medians (min-max) per path, and each path's downtime against native's."""
     native = statistics.median(r.downtime_ms for r in reports["native"])
     lines = [f"{'path':7} {'client-observed downtime':26} {'frozen':22} {'restore':22} downtime vs native"]
@@ -76,37 +78,37 @@ def table(reports: dict[str, list[demo.Report]]) -> list[str]:
 
 def compare(runs: int, criu_bin: str, report_path: str | None) -> int:
     if runs < 1:
-        demo.say("demo: FAILED: --compare needs at least 1 run per path")
+        say("demo: FAILED: --compare needs at least 1 run per path")
         return 1
-    reports: dict[str, list[demo.Report]] = {}
+    reports: dict[str, list[Report]] = {}
     error = ""
-    demo.say(f"compare: {runs} migration(s) per path, paths alternating ({', '.join(PATHS)}); "
+    say(f"compare: {runs} migration(s) per path, paths alternating ({', '.join(PATHS)}); "
              "each is the whole demo, output hidden")
     try:
-        with demo.signals_raise():
-            reports = measure(runs, criu_bin, demo.say)
-    except demo.DemoError as exc:
+        with signals_raise():
+            reports = measure(runs, criu_bin, say)
+    except DemoError as exc:
         error = str(exc)
-    except demo.Interrupted as exc:
+    except Interrupted as exc:
         error = f"interrupted by {exc}"
     summary = summarize(reports) if not error else {}
     if report_path:
         data = {"runs": {p: [asdict(r) for r in rs] for p, rs in reports.items()}, "summary": summary, "error": error}
         Path(report_path).write_text(json.dumps(data, indent=1))
     if error:
-        demo.say(f"demo: FAILED: {error}")
+        say(f"demo: FAILED: {error}")
         return 1
-    demo.say("medians (min-max) in ms:")
+    say("medians (min-max) in ms:")
     for line in table(reports):
-        demo.say(line)
+        say(line)
     ratio = summary["rpc_downtime_ratio"]
     verdict = "met" if ratio <= TARGET else "NOT met"
-    demo.say(f"demo: SUCCESS: criu-macvlan over RPC: {ratio:.2f}x native CRIU's client-observed downtime "
+    say(f"demo: SUCCESS: criu-macvlan over RPC: {ratio:.2f}x native CRIU's client-observed downtime "
              f"(target <= {TARGET}x: {verdict}); medians of {runs} run(s) per path")
     return 0
 
 
-def summarize(reports: dict[str, list[demo.Report]]) -> dict[str, float]:
+def summarize(reports: dict[str, list[Report]]) -> dict[str, float]:
     med = {p: statistics.median(r.downtime_ms for r in rs) for p, rs in reports.items()}
     return {
         **{f"{p}_downtime_ms": v for p, v in med.items()},

@@ -1,0 +1,1 @@
+"""Support code for a criu-macvlan checkout (tests, benchmarks, the demo); not part of the installed package."""
