@@ -306,7 +306,8 @@ def _parse(msg: pb.macvlan_head | pb.macvlan_link, raw: bytes, name: str, what: 
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ImageError(f"{name}: {what} is not a valid entry ({exc})") from exc
     if not msg.IsInitialized():
-        missing = ", ".join(msg.FindInitializationErrors())
+        # in every protobuf implementation, not in types-protobuf's stub of Message
+        missing = ", ".join(msg.FindInitializationErrors())  # type: ignore[union-attr]
         raise ImageError(f"{name}: {what} lacks required fields: {missing}")
 
 
