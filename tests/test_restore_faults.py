@@ -202,7 +202,7 @@ def test_real_failure_at_position_k_leaves_target_netns_empty(
     net: Net, procs: Procs, ctx: ActionContext, k: int, batch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if batch == "batches of two":
-        monkeypatch.setattr(netlink, "BATCH_BYTES", 256)
+        monkeypatch.setattr(netlink.rtnl, "BATCH_BYTES", 256)
     parents = [passthru_blocked_parent(net) if i == k else net.veth("pr") for i in range(N)]
     pid = procs.tree()
     plan = [plugin.Planned(make_link(i), parents[i]) for i in range(N)]
