@@ -15,8 +15,9 @@ it loaded before the first request); the names below are the API the rest of
 criu-macvlan uses.
 """
 
+from ..netns import entered
 from .codec import describe_link, ip_to_bytes, ip_to_str, link_kind, mac_to_bytes, mac_to_str, to_macvlan
-from .rtnl import PreparedMacvlans, Rtnl, entered, errno_of, read_macvlans
+from .rtnl import PreparedMacvlans, Rtnl, errno_of, read_macvlans
 
 __all__ = [
     "PreparedMacvlans",

@@ -19,13 +19,12 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from queue import SimpleQueue
 from typing import Any, TypeVar
 
 from .. import macvlan_pb2 as pb
 from ..errors import NetlinkError
-from ..netns import open_own
+from ..netns import entered
 from .codec import (
     IFF_UP,
     NLM_F_NEW,
@@ -66,36 +65,8 @@ from .compat import (
     rtmsg,
 )
 
-CLONE_NEWNET = 0x40000000
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # IFLA_EXT_MASK: no IFLA_STATS/IFLA_STATS64 in link replies
 
-
-def _setns(fd: int) -> None:
-    if hasattr(os, "setns"):  # Python >= 3.12
-        os.setns(fd, CLONE_NEWNET)
-        return
-    import ctypes  # only here: ~3 ms of every cold action otherwise
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-@contextmanager
-def entered(netns_fd: int | None) -> Iterator[None]:
-    """Run the block in the netns ``netns_fd`` (this thread only), then come back."""
-    if netns_fd is None:
-        yield
-        return
-    home = open_own()
-    try:
-        _setns(netns_fd)
-        try:
-            yield
-        finally:
-            _setns(home)
-    finally:
-        os.close(home)
 
 def errno_of(exc: NetlinkError) -> int | None:
     """The kernel's errno behind one of our errors, if the kernel refused something."""
