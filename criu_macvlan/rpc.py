@@ -551,7 +551,7 @@ class _Swrk:
 
 def _explain(request: _Request, tail: str) -> str:
     """``; <what the failure means for the macvlans>``, when the plugin can tell."""
-    from .plugin import explain_failure
+    from .macvlan.restore import explain_failure
 
     why = explain_failure(request.context("restore", None), tail)
     return f"; {why}" if why else ""
