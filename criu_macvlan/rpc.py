@@ -312,10 +312,15 @@ class Criu:
         hooks: Hooks | None = None,
         notify: Notify | None = None,
         disable: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: the environment of the ``criu swrk`` processes started here (e.g. with an
+        ``LD_PRELOAD``); ``None``: this process's. The hooks run in this process, with its
+        own environment; a ``service_socket``'s CRIU has the environment it was started with."""
         self.criu_bin = criu_bin
         self.service_socket = service_socket
         self.notify = notify
+        self.env = env
         self._hooks = hooks
         self._disable = list(disable)
 
@@ -390,7 +395,7 @@ class Criu:
             path = shutil.which(self.criu_bin)
             if path is None:
                 raise CriuError(f"criu binary {self.criu_bin!r} not found")
-            comm = _Swrk(path)
+            comm = _Swrk(path, self.env)
         try:
             sk = comm.connect(False)
         except OSError as exc:
@@ -501,8 +506,9 @@ class _Swrk:
     kind.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, env: Mapping[str, str] | None = None) -> None:
         self.path = path
+        self.env = env
         self.sk: socket.socket | None = None
         self.pid = 0
         self.pidfd: int | None = None
@@ -518,7 +524,7 @@ class _Swrk:
             # criu swrk gets its end as an inherited fd above stdio, and no stdin/stdout/stderr (as with pycriu)
             child_fd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 3)  # inheritable: no FD_CLOEXEC
             self.pid = os.posix_spawn(
-                self.path, [self.path, "swrk", str(child_fd)], os.environ,
+                self.path, [self.path, "swrk", str(child_fd)], os.environ if self.env is None else self.env,
                 file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in (0, 1, 2)],
             )
         except BaseException:
