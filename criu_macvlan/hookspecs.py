@@ -161,7 +161,7 @@ def criu_rpc_request(ctx: ActionContext) -> None:
 
     ``ctx.action`` is ``"dump"`` or ``"restore"``; ``ctx.pid`` is the tree to dump
     (``None`` on restore). CRIU now starts, probes the kernel and reads the images on
-    its own, tens of milliseconds before its first notification: work done here
+    its own before its first notification: work done here
     (imports, reading the images or the live netns) is off the critical path of the
     request. Keep the results in ``ctx.state`` for the action hooks of the same
     request, which must still work without them (action-script mode never calls

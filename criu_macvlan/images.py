@@ -167,7 +167,7 @@ def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | N
 
 
 def _random_suffix() -> str:
-    """Of a temp file name (os.urandom: the ``secrets`` module costs each action ~8 ms of imports)."""
+    """Of a temp file name (os.urandom: the ``secrets`` module would add its imports to each action)."""
     return os.urandom(4).hex()
 
 
@@ -383,7 +383,7 @@ def netdev_images(dir_fd: int) -> list[str]:
 def netdev_entry_class() -> Any:
     """pycriu's ``net_device_entry`` class, loaded without the rest of pycriu.images.
 
-    ``import pycriu.images`` loads all ~80 CRIU schemas (~80 ms, on every restore).
+    ``import pycriu.images`` loads all of CRIU's schemas (on every restore).
     pycriu's generated modules import each other as top-level modules from their
     own directory (pycriu.images puts it on ``sys.path`` itself): do the same and
     load only the netdev schema and what it imports.
@@ -499,8 +499,8 @@ def convert_netdev(dir_fd: int, name: str, ifindexes: set[int], to_native: bool 
     A changed entry is its original bytes followed by an encoded ``type`` field:
     protobuf parsers take the last value of a scalar field (concatenated
     messages merge), protobuf-c's in CRIU as well as pycriu's. Serializing whole
-    entries again, each with its ~100 sysctl values, cost the post-dump of a
-    tree with many links ~60 us per link while the tree is frozen.
+    entries again, each with its ~100 sysctl values, would cost the post-dump
+    of a tree with many links time per link while the tree is frozen.
     """
     old, new = (ND_EXTLINK, ND_MACVLAN) if to_native else (ND_MACVLAN, ND_EXTLINK)
     retype = netdev_entry_class()(type=new).SerializePartialToString()

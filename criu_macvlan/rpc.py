@@ -39,7 +39,7 @@ Decisions:
   notification, so the hooks may see an action twice: they are idempotent.
 
 pycriu's RPC messages load on the first request, not on ``import criu_macvlan.rpc``,
-and without the rest of pycriu (``import pycriu`` loads every image schema, ~90 ms).
+and without the rest of pycriu (``import pycriu`` loads every image schema).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def call_notify(notify: Notify, action: str, pid: int | None) -> None:
 def _pycriu(module: str) -> Any:
     """``pycriu.<module>`` (``rpc_pb2`` or ``criu``), without ``pycriu/__init__.py`` (see :mod:`.lean`).
 
-    That ``__init__`` imports every CRIU image schema (~90 ms, paid by every CLI
-    command); the RPC messages and connection classes need none of them.
+    That ``__init__`` imports every CRIU image schema (paid by every CLI command
+    otherwise); the RPC messages and connection classes need none of them.
     """
     try:
         return import_submodules("pycriu", module)[0]
@@ -151,7 +151,7 @@ def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
             raise UsageError(f"unknown CRIU option {key!r} (not a criu_opts field)")
         errors: tuple[type[Exception], ...] = (TypeError, ValueError, KeyError)
         if fd.message_type is not None:
-            from google.protobuf import json_format  # ~10 ms: only for message-typed options
+            from google.protobuf import json_format  # only for message-typed options: not a cheap import
 
             errors += (json_format.ParseError,)
         try:
