@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from . import macvlan_pb2 as pb
 from .errors import ImageError
@@ -294,7 +294,7 @@ def _cpp_backend() -> bool:
     return bool(api_implementation.Type() == "cpp")
 
 
-def parse_all(msg: Any, raw: bytes) -> None:
+def parse_all(msg: Message, raw: bytes) -> None:
     """``msg.ParseFromString(raw)``, every byte of it, or :class:`DecodeError`."""
     if msg.ParseFromString(raw) != len(raw):
         raise DecodeError("data after an end-group tag")

@@ -28,6 +28,7 @@ from .session import require_pid, session
 
 if TYPE_CHECKING:
     from ..netlink import PreparedMacvlans, Rtnl
+    from ..netlink.codec import LinkFacts
 
 IFF_UP = 0x1
 PASSTHRU = 8
@@ -216,7 +217,7 @@ def _existing(rtnl: Rtnl) -> dict[int, Any]:
 def _resolve_parents(host: Rtnl, plan: list[Planned]) -> None:
     from ..netlink import describe_link
 
-    cache: dict[str, dict[str, Any]] = {}
+    cache: dict[str, LinkFacts] = {}
     for item in plan:
         info = cache.get(item.parent)
         if info is None:
