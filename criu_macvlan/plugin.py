@@ -21,7 +21,7 @@ from typing import ClassVar
 from . import announce, images
 from .context import ActionContext
 from .hookspecs import hookimpl
-from .macvlan import announcing, dump, restore
+from .macvlan import announcing, dump, restore  # here, not in the hooks: `serve` preloads this module
 
 
 class MacvlanPlugin:

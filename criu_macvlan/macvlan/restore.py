@@ -15,7 +15,7 @@ import contextlib
 import errno
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import announcer, images
 from .. import macvlan_pb2 as pb
@@ -34,7 +34,7 @@ IFF_UP = 0x1
 PASSTHRU = 8
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity, as it is changed in place (parent_index, ipv6_off)
 class Planned:
     """One link to create, with its parent."""
 
@@ -44,8 +44,7 @@ class Planned:
     ipv6_off: bool = False  # CRIU will restore it with IPv6 disabled
 
 
-@dataclass
-class RestorePlan:
+class RestorePlan(NamedTuple):
     """The links a restore makes, and whether it restores their addresses and routes too."""
 
     links: list[Planned]

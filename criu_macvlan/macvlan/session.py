@@ -10,7 +10,7 @@ work itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..context import ActionContext
 from ..errors import CriuMacvlanError
@@ -25,8 +25,7 @@ if TYPE_CHECKING:
 KEY = "macvlan"  # ctx.state[KEY]: this plugin's Session; other plugins use other keys
 
 
-@dataclass
-class Armed:
+class Armed(NamedTuple):
     """The announcement ``setup-namespaces`` prepared for ``post-setup-namespaces`` (RPC mode)."""
 
     indexes: list[int]
@@ -34,7 +33,7 @@ class Armed:
     schedule: Schedule
 
 
-@dataclass
+@dataclass(eq=False)  # one per session, compared by identity (and cheaper to define on every cold action)
 class Session:
     """What one RPC session's hooks hand on to each other; each field is taken once (:meth:`take_error` ...).
 
