@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 PYTEST  := .venv/bin/pytest
 
-.PHONY: setup test unit lint demo proto bench bench-quick bench-runc fuzz soak clean
+.PHONY: setup test unit lint demo proto bench bench-quick bench-runc fuzz soak clean zdtm zdtm-harm
 
 setup:                      ## install criu 4.1.1, pycriu, iptables, iproute2; build .venv
 	sh scripts/bootstrap.sh
@@ -47,3 +47,9 @@ fuzz: setup                 ## fuzz the sidecar reader: >=200k inputs (atheris i
 
 soak: setup                 ## >=100 dump/restore cycles; checks links, netns, fds and the tree's state
 	CRIU_MACVLAN_SOAK=$${SOAK_CYCLES:-100} $(PYTEST) -q -ra -m soak tests/test_soak.py
+
+zdtm: setup                 ## CRIU's zdtm static/macvlan (ns, uns, each also --rpc), natively and with the plugin; fetches CRIU's sources into build/zdtm
+	$(PY) scripts/zdtm.py
+
+zdtm-harm: setup            ## zdtm's network and socket tests (netns*, socket-tcp*, socket_udp*, sockets*; flavors h, ns, uns; ~7 min), natively and with the plugin
+	$(PY) scripts/zdtm.py --harm --flavors h,ns,uns

@@ -78,6 +78,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             empty_ns=True if opts.empty_ns_net else None,
             log=log,
             criu_pid=env_pid,
+            criu_rpc=opts.rpc,
         )
         hooks.run(ctx)
         if env_pid is not None:

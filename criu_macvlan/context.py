@@ -74,6 +74,8 @@ class ActionContext:
         criu_pid: the CRIU process the hook works for, where known (the action
             script's CRIU, the driver's ``criu swrk``): a hook doing long work
             while CRIU waits stops when it exits (:mod:`.watch`).
+        criu_rpc: an action script run by a CRIU in RPC mode (an engine's): the
+            RPC client's options, ``opts.external`` included, are out of its sight.
     """
 
     action: str
@@ -87,3 +89,4 @@ class ActionContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("criu_macvlan"))
     state: dict[str, Any] = field(default_factory=dict)
     criu_pid: int | None = None
+    criu_rpc: bool = False

@@ -12,10 +12,11 @@ plugin reads what CRIU read, in CRIU's order (``criu/config.c``):
 
 CRIU keeps its externals as a stack and looks a key up from the top: for one
 macvlan, the last source that names it wins (the loser is logged). In RPC mode
-CRIU rewrites its process title (``criu: restore --rpc -D DIR``) and scripts cannot
-see ``config_file``: the engine that started CRIU tells which file it named
-(:mod:`criu_macvlan.engines`). The plugin's own ``/etc/criu/criu-macvlan.conf`` (RPC
-mode) and ``$CRIU_MACVLAN_CONFIG`` come last.
+CRIU rewrites its process title (``criu: restore --rpc -D DIR``) and scripts see
+neither the RPC client's ``opts.external`` nor its ``config_file`` (CRIU gives them
+only ``CRTOOLS_*`` variables and its inherited environment): the engine that
+started CRIU tells which file it named (:mod:`criu_macvlan.engines`). The
+plugin's own ``/etc/criu/criu-macvlan.conf`` (RPC mode) and ``$CRIU_MACVLAN_CONFIG`` come last.
 
 Options are read the way CRIU's ``getopt_long`` reads them: unambiguous prefixes
 (``--empty net``), ``--opt=value``, short options with attached values. Only the

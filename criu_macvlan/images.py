@@ -10,7 +10,8 @@ with every size checked, and each payload is parsed with its generated class.
 
 All files are opened relative to the images directory fd, never following a
 symlink; ours are created ``O_EXCL`` with mode 0600 and replaced atomically
-(write a temp file, rename it over the target).
+(write a temp file, rename it over the target). The file that replaces another
+keeps its mode and owner; a new one gets the mode CRIU gives its images.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ warnings.filterwarnings("ignore", "Unexpected end-group tag", RuntimeWarning, re
 ND_EXTLINK = 4
 ND_MACVLAN = 7
 
+IMAGE_MODE = 0o644  # CRIU's CR_FD_PERM: it opens its images with it, under its umask
 MAX_IMAGE_BYTES = 64 << 20
 MAX_LINKS = 4096
 MAX_NETDEV_ENTRIES = 4 * MAX_LINKS  # devices in one netdev image (one netns), macvlans and all others
@@ -187,26 +189,61 @@ def write_atomic(dir_fd: int, name: str, data: bytes) -> None:
         raise ImageError(f"{name}: cannot write it in the images directory: {exc.strerror or exc}") from exc
 
 
-def replace(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
+def replace(dir_fd: int, name: str, data: bytes, mode: int | None = None) -> None:
     """Write ``data`` as ``name`` in directory ``dir_fd`` through a new temp file renamed over it.
 
     The temp file is created exclusively, never through a symlink; the rename
     replaces a symlink named ``name``, never writes where it points. ``OSError`` on failure.
+    Without ``mode`` the new file keeps the mode and owner of the one it replaces,
+    else gets CRIU's mode for its images.
     """
+    owner: tuple[int, int] | None = None
+    if mode is None:
+        mode, owner = _target_mode(dir_fd, name)
     tmp = f"{TMP_PREFIX}{os.getpid()}-{_random_suffix()}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
+    fd = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
     try:
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
+            # In a user namespace the restored tasks open CRIU's images as an
+            # unprivileged host uid: a replaced image must stay as readable as CRIU made it.
+            made = os.fstat(fd)
+            if owner is not None and owner != (made.st_uid, made.st_gid):
+                os.fchown(fd, *owner)
+            os.fchmod(fd, mode)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         unlink(dir_fd, tmp)
         raise
+
+
+def _target_mode(dir_fd: int, name: str) -> tuple[int, tuple[int, int] | None]:
+    """The mode (and owner) the new ``name`` gets: those of the regular file it replaces,
+    else CRIU's for its images (``CR_FD_PERM``, 0644, less the umask)."""
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
+    return IMAGE_MODE & ~_umask(), None
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def unlink(dir_fd: int, name: str) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -171,3 +172,18 @@ def test_config_file_mappings_and_repeated_actions(net: Net, procs: Procs, image
     link = links_json(new)["mv0"]
     assert link["link_index"] == links_json()[b1]["ifindex"]
     assert "UP" in link["flags"]
+
+
+def test_post_dump_keeps_the_modes_criu_gave_its_images(net: Net, procs: Procs, images: Path) -> None:
+    # A restore in a user namespace opens netdev-<id>.img as the container's host uid
+    # (CRIU's zdtm static/macvlan, flavor uns, restores that way): the rewritten file
+    # keeps CRIU's mode and owner, and macvlan.img gets the mode CRIU gives its images.
+    parent = net.veth()
+    pid = procs.tree()
+    net.macvlan_into(pid, "mvb", parent, "mode", "bridge")
+    dump(images, pid)
+    modes = {img.name: (stat.S_IMODE(img.stat().st_mode), img.stat().st_uid) for img in images.glob("*.img")}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert "macvlan.img" in modes and any(name.startswith("netdev-") for name in modes)
+    assert set(modes.values()) == {(0o644 & ~umask, 0)}, modes

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from criu_macvlan import criuconf, engines
+from criu_macvlan.context import ActionContext, ImagesDir, Mode
 from criu_macvlan.errors import UsageError
 
 
@@ -348,3 +349,35 @@ def test_read_cmdline_of_a_process() -> None:
     argv = criuconf.read_cmdline(os.getpid())
     assert argv and "python" in argv[0]
     assert criuconf.read_cmdline(2**22 + 1) == []  # above pid_max: no such process
+
+
+def test_rpc_mode_from_the_title_criu_gives_itself(confdir: Path) -> None:
+    # serving a request, CRIU rewrites its cmdline to one string: what an action script sees
+    files = write_all(confdir)
+    title = ["criu: restore --rpc -D /srv/images"]
+    assert criuconf.parse_process(title)[1] and criuconf.parse_process(["criu", "swrk", "3"])[1]
+    assert not criuconf.parse_process(["criu", "restore", "--rpc-ish"])[1]
+    assert not criuconf.parse_process(["criu: restore -D x"])[1]
+    opts = criuconf.load(title, env_for(confdir))
+    assert opts.rpc and str(files["runc"]) in opts.sources and str(files["ours"]) in opts.sources
+
+
+@pytest.mark.parametrize(
+    ("mode", "criu_rpc", "hint"),
+    [
+        (Mode.ACTION_SCRIPT, False, "add --external macvlan[mv0]:OUT (criu's command line or a CRIU config file)"),
+        (Mode.ACTION_SCRIPT, True, "add 'external macvlan[mv0]:OUT' to /etc/criu/criu-macvlan.conf or the file "
+         "named by $CRIU_MACVLAN_CONFIG (an action script cannot see an RPC client's opts.external)"),
+        (Mode.RPC, False, "add --macvlan mv0:OUT (criu-macvlan restore; in Python, mappings={IN: OUT})"),
+    ],
+)
+def test_missing_mapping_hint_names_what_the_caller_can_use(mode: Mode, criu_rpc: bool, hint: str) -> None:
+    from criu_macvlan import images
+    from criu_macvlan import macvlan_pb2 as pb
+    from criu_macvlan.plugin import plan_restore
+
+    sidecar = images.Sidecar(pb.macvlan_head(version=1, n_links=1), [pb.macvlan_link(name="mv0")])
+    ctx = ActionContext(action="setup-namespaces", mode=mode, images=ImagesDir(-1, "img"), criu_rpc=criu_rpc)
+    with pytest.raises(UsageError) as info:
+        plan_restore(sidecar, {}, ctx)
+    assert str(info.value) == f"no parent given for macvlan[mv0]:OUT: {hint}"

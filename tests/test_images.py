@@ -107,7 +107,14 @@ def test_round_trip_every_field(imgdir: tuple[Path, int]) -> None:
     assert loaded.head == head
     assert loaded.links == links
     assert images.encode(loaded.head, loaded.links) == data  # stable encoding
-    assert stat.S_IMODE((d / images.SIDECAR).stat().st_mode) == 0o600
+    assert stat.S_IMODE((d / images.SIDECAR).stat().st_mode) == criu_image_mode()
+
+
+def criu_image_mode() -> int:
+    """The mode CRIU gives a new image: CR_FD_PERM (0644) under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o644 & ~umask
 
 
 def test_missing_sidecar_is_none(imgdir: tuple[Path, int]) -> None:
@@ -348,6 +355,24 @@ def test_netdev_rewrite_is_lossless(imgdir: tuple[Path, int]) -> None:
     assert sorted(os.listdir(d)) == ["netdev-9.img"]  # no temp file left
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_netdev_rewrite_keeps_mode_and_owner(imgdir: tuple[Path, int], mode: int) -> None:
+    # a restore in a user namespace opens netdev-<id>.img as the container's host uid
+    d, fd = imgdir
+    path = d / "netdev-9.img"
+    path.write_bytes(images.frame(images.NETDEV_MAGIC, netdev_entries()))
+    os.chmod(path, mode)
+    owner = (os.getuid(), os.getgid())
+    if os.geteuid() == 0:
+        owner = (100000, 100000)
+        os.chown(path, *owner)
+    inode = path.stat().st_ino
+    assert images.convert_netdev(fd, "netdev-9.img", {3}) == 1
+    st = path.stat()
+    assert st.st_ino != inode  # replaced, not rewritten in place
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, *owner)
+
+
 def test_netdev_unconverted_file_untouched(imgdir: tuple[Path, int]) -> None:
     d, fd = imgdir
     (d / "netdev-1.img").write_bytes(images.frame(images.NETDEV_MAGIC, netdev_entries()))
@@ -484,7 +509,7 @@ def test_planted_staged_symlink_is_replaced_not_followed(imgdir: tuple[Path, int
     images.write_atomic(fd, images.STAGED, valid_samples()["one-link"])
     assert victim.read_text() == "precious"
     st = os.lstat(d / images.STAGED)
-    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == criu_image_mode()
 
 
 def test_temp_file_creation_never_follows_a_link(imgdir: tuple[Path, int], tmp_path: Path,

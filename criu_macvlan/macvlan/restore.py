@@ -196,17 +196,25 @@ def _check_netdev_consistency(
 def plan_restore(sidecar: images.Sidecar, mappings: dict[str, str], ctx: ActionContext) -> list[Planned]:
     """Pair every link with its mapped parent; all missing mappings are named in one error."""
     names = {link.name for link in sidecar.links}
-    unmapped = [link.name for link in sidecar.links if link.name not in mappings]
-    if unmapped:
-        missing = ", ".join(format_mapping(name, "OUT") for name in unmapped)
-        if ctx.mode is Mode.RPC:  # the CLI and the Python API: their own spelling
-            hint = f"--macvlan {unmapped[0]}:OUT (criu-macvlan restore; in Python, mappings={{IN: OUT}})"
-        else:
-            hint = f"--external {format_mapping(unmapped[0], 'OUT')} (criu, RPC opts.external or a CRIU config file)"
-        raise UsageError(f"no parent given for {missing}: add {hint}")
+    missing = [format_mapping(link.name, "OUT") for link in sidecar.links if link.name not in mappings]
+    if missing:
+        raise UsageError(f"no parent given for {', '.join(missing)}: {_where_to_map(ctx, missing[0])}")
     for extra in sorted(set(mappings) - names):
         ctx.log.warning("mapping %s names a link the images do not have", format_mapping(extra, mappings[extra]))
     return [Planned(link, mappings[link.name]) for link in sidecar.links]
+
+
+def _where_to_map(ctx: ActionContext, mapping: str) -> str:
+    """Where this caller can give a missing mapping."""
+    from .. import criuconf
+
+    if ctx.mode is Mode.RPC:  # the CLI and the Python API: their own spelling
+        name = mapping[mapping.index("[") + 1 : mapping.index("]")]
+        return f"add --macvlan {name}:OUT (criu-macvlan restore; in Python, mappings={{IN: OUT}})"
+    if ctx.criu_rpc:
+        return (f"add 'external {mapping}' to {criuconf.OWN_CONFIG} or the file named by "
+                "$CRIU_MACVLAN_CONFIG (an action script cannot see an RPC client's opts.external)")
+    return f"add --external {mapping} (criu's command line or a CRIU config file)"
 
 
 def _existing(rtnl: Rtnl) -> dict[int, Any]:
