@@ -18,10 +18,11 @@ unit: setup                 ## unit tests only (no root needed)
 demo: setup                 ## the live-migration demo (DEMO_ARGS='--path cli --keep' ...)
 	$(PY) -m demo $(DEMO_ARGS)
 
-proto:                      ## regenerate criu_macvlan/macvlan_pb2.py from images/macvlan.proto
+proto:                      ## regenerate criu_macvlan/macvlan_pb2.py and its type stub (.pyi) from images/macvlan.proto
 	mkdir -p build/proto
-	protoc --proto_path=. --python_out=build/proto images/macvlan.proto
+	protoc --proto_path=. --python_out=build/proto --pyi_out=build/proto images/macvlan.proto
 	cp build/proto/images/macvlan_pb2.py criu_macvlan/macvlan_pb2.py
+	cp build/proto/images/macvlan_pb2.pyi criu_macvlan/macvlan_pb2.pyi
 
 bench: setup               ## criu-macvlan vs native CRIU (N=1,10,100,1000; 31 runs, 15 at N=1000; ~16 min) -> benchmarks/results/latest.*; then bench-runc's part
 	$(PY) -m pip install -q --config-settings editable_mode=compat -e '.[bench]'

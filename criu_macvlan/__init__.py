@@ -34,4 +34,4 @@ def restore(images_dir: str, mappings: Mapping[str, str] | None = None, **kw: An
     return criu.restore(images_dir, mappings, **kw)
 
 
-_DRIVER_ARGS = ("criu_bin", "service_socket", "hooks", "notify", "disable")
+_DRIVER_ARGS = ("criu_bin", "service_socket", "hooks", "notify", "disable", "env")

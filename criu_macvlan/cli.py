@@ -13,10 +13,14 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 from .errors import CriuMacvlanError, ExitCode, ImageError, UsageError, printable
+
+if TYPE_CHECKING:  # imported by the commands that need them, not for every command
+    from .images import Sidecar
+    from .rpc import Criu
 
 PROG = "criu-macvlan"
 
@@ -144,7 +148,7 @@ def _opts(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def _driver(args: argparse.Namespace) -> Any:
+def _driver(args: argparse.Namespace) -> Criu:
     from .rpc import Criu
 
     return Criu(args.criu, service_socket=args.service_socket, disable=args.disable)
@@ -189,7 +193,7 @@ def _write_pidfile(path: str, pid: int) -> None:
                                f"the tree is restored as pid {pid}") from exc
 
 
-def _load_sidecar(path: str) -> Any:
+def _load_sidecar(path: str) -> Sidecar:
     from . import images
     from .context import open_images
 

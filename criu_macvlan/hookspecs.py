@@ -17,11 +17,21 @@ Contract shared by every hook:
   runs config-file scripts) may deliver the same action twice; the second delivery
   must succeed and change nothing.
 * Return values are ignored.
+
+One optional plugin attribute belongs to the contract, ``criu_macvlan_guards``
+(see :class:`GuardedPlugin`): ``{action: FILE}``, "this plugin has nothing to do
+for ``action`` unless ``FILE`` exists in the images directory". The shell hook
+then starts Python for that action only when ``FILE`` is there, provided every
+plugin implementing the action declares the same guard (``handled-actions``
+lists it as ``action?FILE``). A plugin without it runs for every action it
+implements. The hook must still cope with being called without ``FILE`` (RPC
+mode calls every hook, and another plugin may need the action).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import pluggy
 
@@ -31,6 +41,19 @@ if TYPE_CHECKING:
 PROJECT = "criu_macvlan"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+GUARDS = "criu_macvlan_guards"
+
+
+class GuardedPlugin(Protocol):
+    """A plugin that declares guard files: ``{action: FILE}`` (see the module's docstring)."""
+
+    criu_macvlan_guards: ClassVar[Mapping[str, str]]
+
+
+def guards_of(plugin: object) -> Mapping[str, str]:
+    """``plugin``'s ``criu_macvlan_guards``; ``{}`` for a plugin without guards."""
+    guards: Mapping[str, str] = getattr(plugin, GUARDS, {})
+    return guards
 
 # --------------------------------------------------------------------- dump
 
@@ -138,7 +161,7 @@ def criu_rpc_request(ctx: ActionContext) -> None:
 
     ``ctx.action`` is ``"dump"`` or ``"restore"``; ``ctx.pid`` is the tree to dump
     (``None`` on restore). CRIU now starts, probes the kernel and reads the images on
-    its own, tens of milliseconds before its first notification: work done here
+    its own before its first notification: work done here
     (imports, reading the images or the live netns) is off the critical path of the
     request. Keep the results in ``ctx.state`` for the action hooks of the same
     request, which must still work without them (action-script mode never calls

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from . import macvlan_pb2 as pb
 from .errors import ImageError
@@ -169,7 +169,7 @@ def read_file(dir_fd: int, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes | N
 
 
 def _random_suffix() -> str:
-    """Of a temp file name (os.urandom: the ``secrets`` module costs each action ~8 ms of imports)."""
+    """Of a temp file name (os.urandom: the ``secrets`` module would add its imports to each action)."""
     return os.urandom(4).hex()
 
 
@@ -331,7 +331,7 @@ def _cpp_backend() -> bool:
     return bool(api_implementation.Type() == "cpp")
 
 
-def parse_all(msg: Any, raw: bytes) -> None:
+def parse_all(msg: Message, raw: bytes) -> None:
     """``msg.ParseFromString(raw)``, every byte of it, or :class:`DecodeError`."""
     if msg.ParseFromString(raw) != len(raw):
         raise DecodeError("data after an end-group tag")
@@ -343,7 +343,8 @@ def _parse(msg: pb.macvlan_head | pb.macvlan_link, raw: bytes, name: str, what: 
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise ImageError(f"{name}: {what} is not a valid entry ({exc})") from exc
     if not msg.IsInitialized():
-        missing = ", ".join(msg.FindInitializationErrors())
+        # in every protobuf implementation, not in types-protobuf's stub of Message
+        missing = ", ".join(msg.FindInitializationErrors())  # type: ignore[union-attr]
         raise ImageError(f"{name}: {what} lacks required fields: {missing}")
 
 
@@ -419,7 +420,7 @@ def netdev_images(dir_fd: int) -> list[str]:
 def netdev_entry_class() -> Any:
     """pycriu's ``net_device_entry`` class, loaded without the rest of pycriu.images.
 
-    ``import pycriu.images`` loads all ~80 CRIU schemas (~80 ms, on every restore).
+    ``import pycriu.images`` loads all of CRIU's schemas (on every restore).
     pycriu's generated modules import each other as top-level modules from their
     own directory (pycriu.images puts it on ``sys.path`` itself): do the same and
     load only the netdev schema and what it imports.
@@ -535,8 +536,8 @@ def convert_netdev(dir_fd: int, name: str, ifindexes: set[int], to_native: bool 
     A changed entry is its original bytes followed by an encoded ``type`` field:
     protobuf parsers take the last value of a scalar field (concatenated
     messages merge), protobuf-c's in CRIU as well as pycriu's. Serializing whole
-    entries again, each with its ~100 sysctl values, cost the post-dump of a
-    tree with many links ~60 us per link while the tree is frozen.
+    entries again, each with its ~100 sysctl values, would cost the post-dump
+    of a tree with many links time per link while the tree is frozen.
     """
     old, new = (ND_EXTLINK, ND_MACVLAN) if to_native else (ND_MACVLAN, ND_EXTLINK)
     retype = netdev_entry_class()(type=new).SerializePartialToString()

@@ -64,17 +64,17 @@ class Hooks:
     def handled_actions(self) -> list[str]:
         """CRIU actions at least one registered plugin implements, in CRIU's order.
 
-        An action whose every implementation comes from a plugin declaring a guard
-        file for it (``criu_macvlan_guards = {action: file}``: "nothing to do unless
-        FILE exists in the images dir") is listed as ``action?FILE``; the shell shim
-        then starts Python for it only when that file exists.
+        An action whose every implementation comes from a plugin declaring the same
+        guard file for it (``criu_macvlan_guards``, :class:`~.hookspecs.GuardedPlugin`)
+        is listed as ``action?FILE``; the shell shim then starts Python for it only
+        when that file exists.
         """
         result = []
         for action, name in hookspecs.ACTIONS.items():
             impls = getattr(self.pm.hook, name).get_hookimpls()
             if not impls:
                 continue
-            guards = {getattr(i.plugin, "criu_macvlan_guards", {}).get(action) for i in impls}
+            guards = {hookspecs.guards_of(i.plugin).get(action) for i in impls}
             guard = guards.pop() if len(guards) == 1 else None
             result.append(f"{action}?{guard}" if guard else action)
         return result

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from .errors import CriuMacvlanError
+
+CLONE_NEWNET = 0x40000000
 
 
 def open_of_pid(pid: int) -> int:
@@ -72,3 +76,32 @@ def netns_of_tree(root: int) -> dict[tuple[int, int], int]:
             continue
         found.setdefault((st.st_dev, st.st_ino), pid)
     return found
+
+
+def _setns(fd: int) -> None:
+    if hasattr(os, "setns"):  # Python >= 3.12
+        os.setns(fd, CLONE_NEWNET)
+        return
+    import ctypes  # only here: a cost to every cold action otherwise
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextmanager
+def entered(netns_fd: int | None) -> Iterator[None]:
+    """Run the block in the netns ``netns_fd`` (this thread only), then come back."""
+    if netns_fd is None:
+        yield
+        return
+    home = open_own()
+    try:
+        _setns(netns_fd)
+        try:
+            yield
+        finally:
+            _setns(home)
+    finally:
+        os.close(home)

@@ -23,13 +23,16 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import images
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .errors import CriuMacvlanError, ImageError
 from .mappings import format_mapping
+
+if TYPE_CHECKING:
+    from .netlink.codec import LinkFacts
 
 PASSTHRU = 8
 NAMED_NETNS = "/run/netns"
@@ -125,7 +128,7 @@ def _check_parents(links: list[pb.macvlan_link], mappings: dict[str, str], host:
     from .netlink import describe_link, mac_to_str
 
     infos = [describe_link(m) for m in host]
-    by_name: dict[str, dict[str, Any]] = {i["name"]: i for i in infos}
+    by_name: dict[str, LinkFacts] = {i["name"]: i for i in infos}
     on_parent: dict[str, list[pb.macvlan_link]] = {}
     for link in links:
         parent = mappings.get(link.name)

@@ -39,7 +39,7 @@ Decisions:
   notification, so the hooks may see an action twice: they are idempotent.
 
 pycriu's RPC messages load on the first request, not on ``import criu_macvlan.rpc``,
-and without the rest of pycriu (``import pycriu`` loads every image schema, ~90 ms).
+and without the rest of pycriu (``import pycriu`` loads every image schema).
 """
 
 from __future__ import annotations
@@ -111,8 +111,8 @@ def call_notify(notify: Notify, action: str, pid: int | None) -> None:
 def _pycriu(module: str) -> Any:
     """``pycriu.<module>`` (``rpc_pb2`` or ``criu``), without ``pycriu/__init__.py`` (see :mod:`.lean`).
 
-    That ``__init__`` imports every CRIU image schema (~90 ms, paid by every CLI
-    command); the RPC messages and connection classes need none of them.
+    That ``__init__`` imports every CRIU image schema (paid by every CLI command
+    otherwise); the RPC messages and connection classes need none of them.
     """
     try:
         return import_submodules("pycriu", module)[0]
@@ -151,7 +151,7 @@ def set_opts(opts: Any, values: Mapping[str, Any]) -> None:
             raise UsageError(f"unknown CRIU option {key!r} (not a criu_opts field)")
         errors: tuple[type[Exception], ...] = (TypeError, ValueError, KeyError)
         if fd.message_type is not None:
-            from google.protobuf import json_format  # ~10 ms: only for message-typed options
+            from google.protobuf import json_format  # only for message-typed options: not a cheap import
 
             errors += (json_format.ParseError,)
         try:
@@ -312,10 +312,15 @@ class Criu:
         hooks: Hooks | None = None,
         notify: Notify | None = None,
         disable: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """``env``: the environment of the ``criu swrk`` processes started here (e.g. with an
+        ``LD_PRELOAD``); ``None``: this process's. The hooks run in this process, with its
+        own environment; a ``service_socket``'s CRIU has the environment it was started with."""
         self.criu_bin = criu_bin
         self.service_socket = service_socket
         self.notify = notify
+        self.env = env
         self._hooks = hooks
         self._disable = list(disable)
 
@@ -390,7 +395,7 @@ class Criu:
             path = shutil.which(self.criu_bin)
             if path is None:
                 raise CriuError(f"criu binary {self.criu_bin!r} not found")
-            comm = _Swrk(path)
+            comm = _Swrk(path, self.env)
         try:
             sk = comm.connect(False)
         except OSError as exc:
@@ -501,8 +506,9 @@ class _Swrk:
     kind.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, env: Mapping[str, str] | None = None) -> None:
         self.path = path
+        self.env = env
         self.sk: socket.socket | None = None
         self.pid = 0
         self.pidfd: int | None = None
@@ -518,7 +524,7 @@ class _Swrk:
             # criu swrk gets its end as an inherited fd above stdio, and no stdin/stdout/stderr (as with pycriu)
             child_fd = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD, 3)  # inheritable: no FD_CLOEXEC
             self.pid = os.posix_spawn(
-                self.path, [self.path, "swrk", str(child_fd)], os.environ,
+                self.path, [self.path, "swrk", str(child_fd)], os.environ if self.env is None else self.env,
                 file_actions=[(os.POSIX_SPAWN_CLOSE, fd) for fd in (0, 1, 2)],
             )
         except BaseException:
@@ -551,7 +557,7 @@ class _Swrk:
 
 def _explain(request: _Request, tail: str) -> str:
     """``; <what the failure means for the macvlans>``, when the plugin can tell."""
-    from .plugin import explain_failure
+    from .macvlan.restore import explain_failure
 
     why = explain_failure(request.context("restore", None), tail)
     return f"; {why}" if why else ""

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,21 +88,6 @@ def criu_compat_env(criu_bin: str, workdir: Path) -> dict[str, str]:
     return {"LD_PRELOAD": str(lib)}
 
 
-@contextlib.contextmanager
-def environ(extra: dict[str, str]) -> Iterator[None]:
-    """``extra`` in os.environ for the block (for criu processes the RPC driver starts)."""
-    old = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _criu_binary(name: str, criu_bin: str, env: dict[str, str], extra: list[str]) -> Criu:
     """The ``criu`` binary run once per dump and restore, with ``extra`` options."""
 
@@ -139,16 +123,13 @@ def criu_native(criu_bin: str, env: dict[str, str]) -> Criu:
 
 def criu_rpc(criu_bin: str, env: dict[str, str]) -> Criu:
     """criu-macvlan's RPC driver: CRIU's notifications run the plugin hooks in this process."""
-    driver = rpc.Criu(criu_bin=criu_bin)
+    driver = rpc.Criu(criu_bin=criu_bin, env={**os.environ, **env})
 
     def dump(pid: int, images_dir: Path) -> None:
-        with environ(env):
-            driver.dump(pid, str(images_dir), tcp_established=True, log_file="dump.log", log_level=4)
+        driver.dump(pid, str(images_dir), tcp_established=True, log_file="dump.log", log_level=4)
 
     def restore(images_dir: Path, mappings: dict[str, str]) -> int:
-        with environ(env):
-            return driver.restore(str(images_dir), mappings, tcp_established=True,
-                                  log_file="restore.log", log_level=4)
+        return driver.restore(str(images_dir), mappings, tcp_established=True, log_file="restore.log", log_level=4)
 
     return Criu("rpc", dump, restore)
 

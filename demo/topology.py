@@ -61,44 +61,47 @@ class Lab:
 
     def build(self) -> None:
         from criu_macvlan import netlink as nl
+        from criu_macvlan.netlink import topology
 
         self.switch_fd = new_netns()
         self.client_fd = new_netns()
         root = nsutil.open_own()
         try:
             with nl.Rtnl(self.switch_fd) as sw:
-                nl.add_bridge(sw, "switch")
-                nl.add_veth(sw, "port-a", self.nic_a, root)
-                nl.add_veth(sw, "port-b", self.nic_b, root)
-                nl.add_veth(sw, "port-client", "eth0", self.client_fd)
+                topology.add_bridge(sw, "switch")
+                topology.add_veth(sw, "port-a", self.nic_a, root)
+                topology.add_veth(sw, "port-b", self.nic_b, root)
+                topology.add_veth(sw, "port-client", "eth0", self.client_fd)
                 for port in ("port-a", "port-b", "port-client"):
-                    nl.set_master(sw, port, "switch")
-                    sw.set_up(nl.index_of(sw, port))
-                sw.set_up(nl.index_of(sw, "switch"))
+                    topology.set_master(sw, port, "switch")
+                    sw.set_up(topology.index_of(sw, port))
+                sw.set_up(topology.index_of(sw, "switch"))
         finally:
             os.close(root)
         with nl.Rtnl(None) as host:
             for nic in (self.nic_a, self.nic_b):
-                host.set_up(nl.index_of(host, nic))
+                host.set_up(topology.index_of(host, nic))
         with nl.Rtnl(self.client_fd) as client:
-            index = nl.index_of(client, "eth0")
+            index = topology.index_of(client, "eth0")
             client.set_up(index)
             client.add_address(index, _addr(CLIENT_IP))
 
     def switch_port_of(self, mac: str) -> str | None:
         """The switch port its FDB sends ``mac`` to."""
         from criu_macvlan import netlink as nl
+        from criu_macvlan.netlink import topology
 
         with nl.Rtnl(self.switch_fd) as sw:
-            index = nl.fdb_port(sw, mac)
+            index = topology.fdb_port(sw, mac)
             msg = sw.link(index=index) if index is not None else None
         return None if msg is None else str(msg.get_attr("IFLA_IFNAME"))
 
     def nic_index(self, name: str) -> int:
         from criu_macvlan import netlink as nl
+        from criu_macvlan.netlink import topology
 
         with nl.Rtnl(None) as host:
-            return nl.index_of(host, name)
+            return topology.index_of(host, name)
 
     def teardown(self) -> None:
         from criu_macvlan import netlink as nl
@@ -140,6 +143,7 @@ def give_service_a_nic(pid: int, parent: str, ifindex: int = 0) -> None:
     ``ifindex`` 0: the kernel's choice (2, as in a container); native CRIU needs one free on the host.
     """
     from criu_macvlan import netlink as nl
+    from criu_macvlan.netlink import topology
 
     target = nsutil.open_of_pid(pid)
     try:
@@ -149,9 +153,9 @@ def give_service_a_nic(pid: int, parent: str, ifindex: int = 0) -> None:
             name=IFNAME, ifindex=ifindex, mode=4, address=nl.mac_to_bytes(SERVICE_MAC), mtu=1500, link_flags=0
         )
         with nl.Rtnl(None) as host:
-            host.create_macvlan(link, nl.index_of(host, parent), target)
+            host.create_macvlan(link, topology.index_of(host, parent), target)
         with nl.Rtnl(target) as inside:
-            index = nl.index_of(inside, IFNAME)
+            index = topology.index_of(inside, IFNAME)
             inside.set_up(index)
             inside.add_address(index, _addr(SERVICE_IP))
             default = pb.macvlan_route(

@@ -374,7 +374,7 @@ def test_rpc_mode_from_the_title_criu_gives_itself(confdir: Path) -> None:
 def test_missing_mapping_hint_names_what_the_caller_can_use(mode: Mode, criu_rpc: bool, hint: str) -> None:
     from criu_macvlan import images
     from criu_macvlan import macvlan_pb2 as pb
-    from criu_macvlan.plugin import plan_restore
+    from criu_macvlan.macvlan.restore import plan_restore
 
     sidecar = images.Sidecar(pb.macvlan_head(version=1, n_links=1), [pb.macvlan_link(name="mv0")])
     ctx = ActionContext(action="setup-namespaces", mode=mode, images=ImagesDir(-1, "img"), criu_rpc=criu_rpc)

@@ -165,20 +165,18 @@ def test_other_links_are_left_alone(net: Net, procs: Procs, images: Path) -> Non
 
 
 def test_rpc_empty_ns_tcp_listener_survives(
-    net: Net, procs: Procs, images: Path, inet_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    net: Net, procs: Procs, images: Path, inet_env: dict[str, str]
 ) -> None:
     """The engine view: dump and restore over RPC with opts.empty_ns = CLONE_NEWNET, hooks in-process."""
     from helpers import CRIU
 
     from criu_macvlan.rpc import Criu
 
-    if "LD_PRELOAD" in inet_env:  # criu swrk inherits our environment
-        monkeypatch.setenv("LD_PRELOAD", inet_env["LD_PRELOAD"])
     svc = start_listening(net, procs)
     seg, pid, host_before = svc.seg, svc.pid, svc.host_before
     link_before, addrs_before, routes_before = svc.link_before, svc.addrs_before, svc.routes_before
 
-    driver = Criu(criu_bin=CRIU)
+    driver = Criu(criu_bin=CRIU, env=inet_env)  # criu swrk: with the compat shim if it needs one
     driver.dump(pid, str(images), empty_ns_net=True, log_file="dump.log", log_level=4)
     assert not alive(pid)
     assert not netdev_images(images)

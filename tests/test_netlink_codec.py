@@ -17,7 +17,7 @@ import pytest
 from helpers import Net, Procs, ip
 
 from criu_macvlan import macvlan_pb2 as pb
-from criu_macvlan import netlink
+from criu_macvlan.netlink import codec, compat, rtnl, topology
 
 MAC = bytes.fromhex("02aabbccdd01")
 
@@ -38,19 +38,19 @@ def _generic_request(link: pb.macvlan_link, parent_index: int, target_fd: int) -
     if link.HasField("flags"):
         data.append(("IFLA_MACVLAN_FLAGS", link.flags))
     if link.source_macs:
-        data.append(("IFLA_MACVLAN_MACADDR_MODE", netlink.MACADDR_SET))
-        macs = [("IFLA_MACVLAN_MACADDR", netlink.mac_to_str(m)) for m in link.source_macs]
+        data.append(("IFLA_MACVLAN_MACADDR_MODE", codec.MACADDR_SET))
+        macs = [("IFLA_MACVLAN_MACADDR", codec.mac_to_str(m)) for m in link.source_macs]
         data.append(("IFLA_MACVLAN_MACADDR_DATA", {"attrs": macs}))
     if link.HasField("bc_queue_len"):
         data.append(("IFLA_MACVLAN_BC_QUEUE_LEN", link.bc_queue_len))
     if link.HasField("bc_cutoff"):
         data.append(("IFLA_MACVLAN_BC_CUTOFF", link.bc_cutoff))
-    msg = netlink.ifinfmsg()
+    msg = compat.ifinfmsg()
     msg["family"] = socket.AF_UNSPEC
     msg["index"] = link.ifindex
     msg["attrs"] = [
         ("IFLA_IFNAME", link.name),
-        ("IFLA_ADDRESS", netlink.mac_to_str(link.address)),
+        ("IFLA_ADDRESS", codec.mac_to_str(link.address)),
         ("IFLA_MTU", link.mtu),
         ("IFLA_LINK", parent_index),
         ("IFLA_NET_NS_FD", target_fd),
@@ -58,8 +58,8 @@ def _generic_request(link: pb.macvlan_link, parent_index: int, target_fd: int) -
     ]
     if link.HasField("txqlen"):
         msg["attrs"].append(("IFLA_TXQLEN", link.txqlen))
-    msg["header"]["type"] = netlink.RTM_NEWLINK
-    msg["header"]["flags"] = netlink.NLM_F_NEW
+    msg["header"]["type"] = compat.RTM_NEWLINK
+    msg["header"]["flags"] = codec.NLM_F_NEW
     return msg
 
 
@@ -72,7 +72,7 @@ def _encoded(msg: Any) -> bytes:
 
 @pytest.mark.parametrize("link", _links(), ids=lambda lk: lk.name)
 def test_create_request_is_the_generic_encoding(link: pb.macvlan_link) -> None:
-    assert _encoded(netlink._macvlan_msg(link, 3, 11)) == _encoded(_generic_request(link, 3, 11))
+    assert _encoded(codec.macvlan_request(link, 3, 11)) == _encoded(_generic_request(link, 3, 11))
 
 
 def test_linkinfo_is_shared_by_links_with_the_same_settings() -> None:
@@ -80,8 +80,8 @@ def test_linkinfo_is_shared_by_links_with_the_same_settings() -> None:
     again = pb.macvlan_link()
     again.CopyFrom(a)
     again.name, again.ifindex = "other", 99
-    assert netlink._linkinfo(netlink._macvlan_settings(again)) is netlink._linkinfo(netlink._macvlan_settings(a))
-    assert netlink._macvlan_settings(a) != netlink._macvlan_settings(b)
+    assert codec._linkinfo(codec._macvlan_settings(again)) is codec._linkinfo(codec._macvlan_settings(a))
+    assert codec._macvlan_settings(a) != codec._macvlan_settings(b)
 
 
 def _reply(link: pb.macvlan_link, kind: str = "macvlan") -> bytes:
@@ -102,29 +102,29 @@ def _reply(link: pb.macvlan_link, kind: str = "macvlan") -> bytes:
 @pytest.mark.parametrize("link", _links(), ids=lambda lk: lk.name)
 def test_dump_reply_decodes_like_ifinfmsg(link: pb.macvlan_link) -> None:
     data = _reply(link)
-    generic = netlink.ifinfmsg(data)
+    generic = compat.ifinfmsg(data)
     generic.decode()
-    facts = netlink._MacvlanFacts(data)
+    facts = codec.MacvlanFacts(data)
     facts.decode()
-    expected = netlink.to_macvlan(generic)
+    expected = codec.to_macvlan(generic)
     assert expected.name == link.name and expected.parent.link_netnsid == 0 and expected.parent.ifindex == 5
     assert list(expected.source_macs) == list(link.source_macs)
-    assert netlink.to_macvlan(facts) == expected
-    assert netlink.link_kind(facts) == "macvlan"
-    assert {name for name, _ in netlink._MacvlanFacts.kept.values()} >= {a.name for a in facts["attrs"]}
+    assert codec.to_macvlan(facts) == expected
+    assert codec.link_kind(facts) == "macvlan"
+    assert {name for name, _ in codec.MacvlanFacts.kept.values()} >= {a.name for a in facts["attrs"]}
     assert facts.get_attr("IFLA_MAX_MTU") is None and generic.get_attr("IFLA_MAX_MTU") == 65535
 
 
 def test_dump_reply_of_another_kind_is_skipped() -> None:
-    veth = netlink._MacvlanFacts(_reply(_links()[0], kind="veth"))
+    veth = codec.MacvlanFacts(_reply(_links()[0], kind="veth"))
     veth.decode()
-    assert netlink.to_macvlan(veth) is None
-    bare = netlink.ifinfmsg()
+    assert codec.to_macvlan(veth) is None
+    bare = compat.ifinfmsg()
     bare["attrs"] = [("IFLA_IFNAME", "lo")]
-    bare["header"]["type"] = netlink.RTM_NEWLINK
-    plain = netlink._MacvlanFacts(_encoded(bare))
+    bare["header"]["type"] = compat.RTM_NEWLINK
+    plain = codec.MacvlanFacts(_encoded(bare))
     plain.decode()
-    assert netlink.to_macvlan(plain) is None
+    assert codec.to_macvlan(plain) is None
 
 
 @pytest.mark.integration
@@ -136,14 +136,14 @@ def test_macvlan_dump_of_a_real_netns(net: Net, procs: Procs) -> None:
     ip("link", "add", "vk0", "type", "veth", "peer", "name", "vk1", pid=pid)
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with netlink.Rtnl(fd) as rtnl:
-            facts = rtnl.macvlan_links()
-            full = [m for m in rtnl.links() if netlink.link_kind(m) == "macvlan"]
+        with rtnl.Rtnl(fd) as sock:
+            facts = sock.macvlan_links()
+            full = [m for m in sock.links() if codec.link_kind(m) == "macvlan"]
         assert sorted(m.get_attr("IFLA_IFNAME") for m in facts) == ["mvk0", "mvk1"]
-        assert [netlink.to_macvlan(m) for m in facts] == [netlink.to_macvlan(m) for m in full]
+        assert [codec.to_macvlan(m) for m in facts] == [codec.to_macvlan(m) for m in full]
         own = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            links = netlink.read_macvlans(fd, own)
+            links = rtnl.read_macvlans(fd, own)
         finally:
             os.close(own)
         assert [(lk.name, lk.mode, lk.parent.name) for lk in links] == [
@@ -167,8 +167,8 @@ def test_batch_reports_each_failure_in_place(net: Net, procs: Procs, bad: int) -
     links[bad].name = links[0].name  # the kernel refuses a second link of that name
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with netlink.Rtnl(None) as host:
-            index = netlink.index_of(host, parent)
+        with rtnl.Rtnl(None) as host:
+            index = topology.index_of(host, parent)
             results = host.create_macvlans([(link, index) for link in links], fd)
             assert host.create_macvlans([], fd) == []
     finally:
@@ -182,7 +182,7 @@ def test_batch_reports_each_failure_in_place(net: Net, procs: Procs, bad: int) -
 
 
 def test_prepared_requests_name_their_slot_and_match_the_usual_ones() -> None:
-    prepared = netlink.PreparedMacvlans([(link, 3) for link in _links()])
+    prepared = rtnl.PreparedMacvlans([(link, 3) for link in _links()])
     try:
         assert prepared.parents == [3, 3, 3]
         for (link, request), original in zip(prepared.requests, _links(), strict=True):
@@ -200,11 +200,11 @@ def test_prepared_requests_name_their_slot_and_match_the_usual_ones() -> None:
 def test_prepared_requests_create_links_in_a_netns_opened_later(net: Net, procs: Procs) -> None:
     """Encoded before the netns is known (RPC restore: while CRIU starts), sent once it is."""
     parent = net.veth()
-    with netlink.Rtnl(None) as host:
-        index = netlink.index_of(host, parent)
+    with rtnl.Rtnl(None) as host:
+        index = topology.index_of(host, parent)
         links = [pb.macvlan_link(name=f"mvp{i}", ifindex=200 + i, mode=4, address=MAC[:5] + bytes([i]), mtu=1500)
                  for i in range(3)]
-        prepared = netlink.PreparedMacvlans([(link, index) for link in links])
+        prepared = rtnl.PreparedMacvlans([(link, index) for link in links])
         pid = procs.tree("sleep", "1000")
         fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -220,14 +220,14 @@ def test_prepared_requests_create_links_in_a_netns_opened_later(net: Net, procs:
 
 
 def test_ahead_yields_in_order_hands_over_errors_and_stops_with_its_consumer() -> None:
-    assert list(netlink._ahead(iter(range(1000)))) == list(range(1000))
+    assert list(rtnl._ahead(iter(range(1000)))) == list(range(1000))
 
     def broken() -> Any:
         yield 1
         raise ValueError("encode failed")
 
     with pytest.raises(ValueError, match="encode failed"):
-        list(netlink._ahead(broken()))
+        list(rtnl._ahead(broken()))
     produced: list[int] = []
 
     def counted() -> Any:
@@ -235,7 +235,7 @@ def test_ahead_yields_in_order_hands_over_errors_and_stops_with_its_consumer() -
             produced.append(i)
             yield i
 
-    gen = netlink._ahead(counted())
+    gen = rtnl._ahead(counted())
     assert next(gen) == 0
     gen.close()  # the consumer stops: so does the producer thread
     assert len(produced) < 10**6
@@ -245,7 +245,7 @@ def test_ahead_yields_in_order_hands_over_errors_and_stops_with_its_consumer() -
 def test_many_links_are_encoded_while_the_kernel_works_and_a_failure_stops_the_batches(
     net: Net, procs: Procs
 ) -> None:
-    n = netlink.PIPELINE_LINKS + 100
+    n = rtnl.PIPELINE_LINKS + 100
     pid = procs.tree("sleep", "1000")
     parent = net.veth()
     links = [
@@ -257,8 +257,8 @@ def test_many_links_are_encoded_while_the_kernel_works_and_a_failure_stops_the_b
     links[bad].name = links[0].name  # refused by the kernel: File exists
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with netlink.Rtnl(None) as host:
-            results = host.create_macvlans([(link, netlink.index_of(host, parent)) for link in links], fd)
+        with rtnl.Rtnl(None) as host:
+            results = host.create_macvlans([(link, topology.index_of(host, parent)) for link in links], fd)
     finally:
         os.close(fd)
     failed = [i for i, (_, error) in enumerate(results) if error is not None]
@@ -269,7 +269,7 @@ def test_many_links_are_encoded_while_the_kernel_works_and_a_failure_stops_the_b
 
 
 def test_prepared_requests_dropped_unused_close_their_slot() -> None:
-    prepared = netlink.PreparedMacvlans([(_links()[0], 3)])
+    prepared = rtnl.PreparedMacvlans([(_links()[0], 3)])
     slot = prepared.slot
     assert os.readlink(f"/proc/self/fd/{slot}") == os.devnull
     del prepared  # a restore that failed before setup-namespaces drops its state

@@ -16,6 +16,7 @@ from criu_macvlan import macvlan_pb2 as pb
 from criu_macvlan import netlink, plugin
 from criu_macvlan.context import ActionContext, ImagesDir, Mode
 from criu_macvlan.errors import NetlinkError
+from criu_macvlan.macvlan import restore
 
 N = 4
 
@@ -99,16 +100,16 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> type[FakeRtnl]:
     FakeRtnl.before_create = None
     monkeypatch.setattr(netlink, "Rtnl", FakeRtnl)
 
-    def resolve(host: object, plan: list[plugin.Planned]) -> None:
+    def resolve(host: object, plan: list[restore.Planned]) -> None:
         for i, item in enumerate(plan):
             item.parent_index = 50 + i
 
-    monkeypatch.setattr(plugin, "_resolve_parents", resolve)
+    monkeypatch.setattr(restore, "_resolve_parents", resolve)
     return FakeRtnl
 
 
-def plan_of(n: int) -> list[plugin.Planned]:
-    return [plugin.Planned(make_link(i), f"p{i}") for i in range(n)]
+def plan_of(n: int) -> list[restore.Planned]:
+    return [restore.Planned(make_link(i), f"p{i}") for i in range(n)]
 
 
 @pytest.mark.parametrize("k", range(N))
@@ -117,7 +118,7 @@ def test_injected_failure_at_position_k_removes_every_link_made_in_reverse(
 ) -> None:
     fake.fail_at = k
     with pytest.raises(NetlinkError) as info:
-        plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+        restore.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
     assert str(info.value) == f"cannot create macvlan 'mv{k}' on 'p{k}': Invalid argument (errno 22)"
     creates = [c[1] for c in fake.calls if c[0] == "create"]
     deletes = [c[1] for c in fake.calls if c[0] == "delete"]
@@ -127,7 +128,7 @@ def test_injected_failure_at_position_k_removes_every_link_made_in_reverse(
 
 
 def test_no_failure_deletes_nothing(fake: type[FakeRtnl], ctx: ActionContext) -> None:
-    plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+    restore.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
     assert [c[1] for c in fake.calls if c[0] == "create"] == [f"mv{i}" for i in range(N)]
     assert not [c for c in fake.calls if c[0] == "delete"]
 
@@ -135,7 +136,7 @@ def test_no_failure_deletes_nothing(fake: type[FakeRtnl], ctx: ActionContext) ->
 def test_failure_after_all_links_removes_all(fake: type[FakeRtnl], ctx: ActionContext) -> None:
     fake.fail_l3 = True
     with pytest.raises(NetlinkError, match="cannot set link 100 up"):
-        plugin.restore_links(plan_of(N), target=-1, with_l3=True, ctx=ctx)
+        restore.restore_links(plan_of(N), target=-1, with_l3=True, ctx=ctx)
     assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 102, 101, 100]
 
 
@@ -145,7 +146,7 @@ def test_failing_cleanup_reports_the_first_error(
     fake.fail_at = 2
     fake.fail_delete = True
     with pytest.raises(NetlinkError, match="cannot create macvlan 'mv2'"):
-        plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+        restore.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
     assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 101, 100]  # still tries every one
     assert caplog.text.count("could not remove") == 3
 
@@ -154,7 +155,7 @@ def test_interrupt_after_the_links_still_cleans_up(fake: type[FakeRtnl], ctx: Ac
     """KeyboardInterrupt/SystemExit (e.g. the RPC driver shutting down) also rolls back."""
     fake.fail_l3 = "interrupt"
     with pytest.raises(KeyboardInterrupt):
-        plugin.restore_links(plan_of(N), target=-1, with_l3=True, ctx=ctx)
+        restore.restore_links(plan_of(N), target=-1, with_l3=True, ctx=ctx)
     assert [c[1] for c in fake.calls if c[0] == "delete"] == [103, 102, 101, 100]
 
 
@@ -173,7 +174,7 @@ def test_criu_gone_between_batches_stops_and_removes_the_links(fake: type[FakeRt
         fake.before_create = kill_criu
         ctx.criu_pid = criu.pid
         with pytest.raises(CriuGone) as info:
-            plugin.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
+            restore.restore_links(plan_of(N), target=-1, with_l3=False, ctx=ctx)
     finally:
         criu.kill()
         criu.wait(timeout=60)
@@ -202,14 +203,14 @@ def test_real_failure_at_position_k_leaves_target_netns_empty(
     net: Net, procs: Procs, ctx: ActionContext, k: int, batch: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if batch == "batches of two":
-        monkeypatch.setattr(netlink, "BATCH_BYTES", 256)
+        monkeypatch.setattr(netlink.rtnl, "BATCH_BYTES", 256)
     parents = [passthru_blocked_parent(net) if i == k else net.veth("pr") for i in range(N)]
     pid = procs.tree()
-    plan = [plugin.Planned(make_link(i), parents[i]) for i in range(N)]
+    plan = [restore.Planned(make_link(i), parents[i]) for i in range(N)]
     target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
     try:
         with pytest.raises(NetlinkError) as info:
-            plugin.restore_links(plan, target, with_l3=False, ctx=ctx)
+            restore.restore_links(plan, target, with_l3=False, ctx=ctx)
     finally:
         os.close(target)
     assert str(info.value).startswith(f"cannot create macvlan 'mv{k}' on '{parents[k]}': Invalid argument")
@@ -221,11 +222,11 @@ def test_real_failure_at_position_k_leaves_target_netns_empty(
 def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: ActionContext) -> None:
     parents = [net.veth("pr") for _ in range(2)]
     pid = procs.tree()
-    plan = [plugin.Planned(make_link(i), parents[i]) for i in range(2)]
+    plan = [restore.Planned(make_link(i), parents[i]) for i in range(2)]
     target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
     try:
-        plugin.restore_links(plan, target, with_l3=False, ctx=ctx)
-        plugin.restore_links(plan, target, with_l3=False, ctx=ctx)  # repeated action: no change, no error
+        restore.restore_links(plan, target, with_l3=False, ctx=ctx)
+        restore.restore_links(plan, target, with_l3=False, ctx=ctx)  # repeated action: no change, no error
     finally:
         os.close(target)
     assert link_names(pid) == {"lo", "mv0", "mv1"}
@@ -237,7 +238,7 @@ def test_unexpected_error_while_preparing_is_reported_once(ctx: ActionContext, m
     def broken(ctx: ActionContext) -> None:
         raise IsADirectoryError(21, "Is a directory")
 
-    monkeypatch.setattr(plugin, "_prepare_restore", broken)
+    monkeypatch.setattr(restore, "prepare_restore", broken)
     macvlan = plugin.MacvlanPlugin()
     ctx.action = "restore"
     macvlan.criu_rpc_request(ctx)  # kept for later
