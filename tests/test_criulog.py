@@ -12,7 +12,7 @@ from helpers import CRIU, Procs, wait_unshared
 
 from criu_macvlan import criulog
 from criu_macvlan.errors import ExitCode
-from criu_macvlan.rpc import _pb, _resp_error
+from criu_macvlan.request import resp_error, rpc_pb2
 
 LOGS = Path(__file__).resolve().parent / "criu-logs"
 SESSION = "The root process {} is not a session leader. Consider using --shell-job option"
@@ -47,15 +47,15 @@ def test_no_cause_in_noise_alone() -> None:
 
 
 def response(**fields: Any) -> Any:
-    rpc = _pb()
+    rpc = rpc_pb2()
     return rpc.criu_resp(type=rpc.DUMP, success=False, **fields)
 
 
 def test_rpc_answer_skips_the_harmless_first_error() -> None:
     """CRIU's cr_errmsg is its first error: the rlimit line, a newline at its end."""
     noise = "Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n"
-    assert _resp_error(response(cr_errmsg=noise, cr_errno=1)) == "Operation not permitted (errno 1)"
-    assert _resp_error(response(cr_errmsg="Error (criu/x.c:1): it broke\n")) == "it broke"
+    assert resp_error(response(cr_errmsg=noise, cr_errno=1)) == "Operation not permitted (errno 1)"
+    assert resp_error(response(cr_errmsg="Error (criu/x.c:1): it broke\n")) == "it broke"
 
 
 @pytest.mark.integration

@@ -19,7 +19,8 @@ from criu_macvlan.errors import CriuError, CriuMacvlanError, HookError, NetlinkE
 from criu_macvlan.hookspecs import hookimpl
 from criu_macvlan.images import Sidecar
 from criu_macvlan.manager import plugin_manager
-from criu_macvlan.rpc import CLONE_NEWNET, Criu, Notify, set_opts
+from criu_macvlan.request import CLONE_NEWNET, set_opts
+from criu_macvlan.rpc import Criu, Notify
 
 rpc = pytest.importorskip("pycriu.rpc_pb2")
 
@@ -261,8 +262,8 @@ def test_rpc_messages_load_without_the_image_schemas() -> None:
     """pycriu's ``__init__`` loads every image schema: the driver skips it, a later ``import pycriu`` still works."""
     code = (
         "import sys\n"
-        "from criu_macvlan import rpc\n"
-        "pb = rpc._pb(); conn = rpc._pycriu('criu')\n"
+        "from criu_macvlan import request\n"
+        "pb = request.rpc_pb2(); conn = request.pycriu('criu')\n"
         "assert 'pycriu.images' not in sys.modules and 'pycriu' not in sys.modules, sorted(sys.modules)\n"
         "assert pb.criu_opts(images_dir_fd=3).images_dir_fd == 3 and conn._criu_comm_bin\n"
         "import pycriu, pycriu.images\n"
