@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import socket
 
-from . import images
+from . import images, netdev
 from . import macvlan_pb2 as pb
 from .context import open_images
 from .errors import ImageError
@@ -24,10 +24,10 @@ from .errors import ImageError
 
 def sidecar_from_netdev(dir_fd: int) -> images.Sidecar:
     links = []
-    for name in images.netdev_images(dir_fd):
-        m = images.NETDEV_NAME.fullmatch(name)
-        for _, e in images.iter_netdev(dir_fd, name):
-            if e.type != images.ND_MACVLAN or not e.HasField("macvlan"):
+    for name in netdev.netdev_images(dir_fd):
+        m = netdev.NETDEV_NAME.fullmatch(name)
+        for _, e in netdev.iter_netdev(dir_fd, name):
+            if e.type != netdev.ND_MACVLAN or not e.HasField("macvlan"):
                 continue
             link = pb.macvlan_link(
                 name=e.name, ifindex=e.ifindex, mode=e.macvlan.mode,
@@ -46,7 +46,7 @@ def convert(images_dir: str, to_native: bool = False) -> int:
     opened = open_images(images_dir)
     dir_fd = opened.fd
     try:
-        netdevs = images.netdev_images(dir_fd)
+        netdevs = netdev.netdev_images(dir_fd)
         if not netdevs:
             raise ImageError(f"{images_dir}: no netdev images (not a dump of a netns, or --empty-ns net): "
                              "nothing to convert")
@@ -55,14 +55,14 @@ def convert(images_dir: str, to_native: bool = False) -> int:
             if sidecar is not None:
                 indexes = {lk.ifindex for lk in sidecar.links}
             else:
-                indexes = {i for n in netdevs for _, i in images.summarize_netdev(dir_fd, n).converted}
-            return sum(images.convert_netdev(dir_fd, n, indexes, to_native=True) for n in netdevs)
+                indexes = {i for n in netdevs for _, i in netdev.summarize_netdev(dir_fd, n).converted}
+            return sum(netdev.convert_netdev(dir_fd, n, indexes, to_native=True) for n in netdevs)
         if sidecar is None:
             sidecar = sidecar_from_netdev(dir_fd)
             if not sidecar.links:
                 return 0
             images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
         indexes = {lk.ifindex for lk in sidecar.links}
-        return sum(images.convert_netdev(dir_fd, n, indexes) for n in netdevs)
+        return sum(netdev.convert_netdev(dir_fd, n, indexes) for n in netdevs)
     finally:
         opened.close()

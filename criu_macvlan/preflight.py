@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import images
+from . import images, netdev
 from . import macvlan_pb2 as pb
 from . import netns as nsutil
 from .errors import CriuMacvlanError, ImageError
@@ -46,13 +46,13 @@ class Report:
     links: int = 0
 
 
-def _netdev_devices(dir_fd: int, rep: Report) -> tuple[dict[str, images.NetdevSummary], list[tuple[str, int, bool]]]:
+def _netdev_devices(dir_fd: int, rep: Report) -> tuple[dict[str, netdev.NetdevSummary], list[tuple[str, int, bool]]]:
     """Summaries per netdev image, and every device ``(name, ifindex, is_converted_macvlan)``."""
-    summaries: dict[str, images.NetdevSummary] = {}
+    summaries: dict[str, netdev.NetdevSummary] = {}
     devices: list[tuple[str, int, bool]] = []
-    for name in images.netdev_images(dir_fd):
+    for name in netdev.netdev_images(dir_fd):
         try:
-            summaries[name] = summary = images.summarize_netdev(dir_fd, name)
+            summaries[name] = summary = netdev.summarize_netdev(dir_fd, name)
         except ImageError as exc:
             rep.problems.append(str(exc))
             continue

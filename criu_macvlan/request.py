@@ -198,7 +198,7 @@ def native_macvlans(dir_fd: int) -> set[str]:
     No name when criu-macvlan made the dump (there is a sidecar): its post-dump
     converted them all (``setup-namespaces`` refuses the images otherwise).
     """
-    from . import images
+    from . import images, netdev
 
     try:
         os.stat(images.SIDECAR, dir_fd=dir_fd)
@@ -206,7 +206,7 @@ def native_macvlans(dir_fd: int) -> set[str]:
     except OSError:
         pass
     try:
-        return {n for img in images.netdev_images(dir_fd) for n, _ in images.summarize_netdev(dir_fd, img).native}
+        return {n for img in netdev.netdev_images(dir_fd) for n, _ in netdev.summarize_netdev(dir_fd, img).native}
     except CriuMacvlanError:
         return set()  # CRIU will say what is wrong with its images
 

@@ -54,10 +54,10 @@ def serve_dir() -> str:
 
 def preload() -> None:
     """Import everything an action needs, so that forked children start warm."""
-    from . import action, criuconf, images, netlink, plugin  # noqa: F401
+    from . import action, criuconf, images, netdev, netlink, plugin  # noqa: F401
     from .manager import plugin_manager
 
-    images.netdev_entry_class()
+    netdev.netdev_entry_class()
     plugin_manager()
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 from sidecars import valid_samples  # noqa: E402
 
-from criu_macvlan import images  # noqa: E402
+from criu_macvlan import images, netdev  # noqa: E402
 from criu_macvlan import macvlan_pb2 as pb  # noqa: E402
 from criu_macvlan.errors import ImageError  # noqa: E402
 
@@ -57,7 +57,7 @@ def edge_cases() -> dict[str, bytes]:
         "short-header": magic[:5],
         "header-only": magic,
         "wrong-common-magic": b"\0\0\0\0" + one[4:],
-        "netdev-magic": images.frame(images.NETDEV_MAGIC, [head]),
+        "netdev-magic": images.frame(netdev.NETDEV_MAGIC, [head]),
         "size-too-big": magic + b"\xff\xff\xff\xff" + head,
         "size-truncated": magic + b"\x02\x00",
         "truncated-link": one[:-3],

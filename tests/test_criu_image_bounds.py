@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, criu, dumped
 
-from criu_macvlan import images
-from criu_macvlan import images as images_mod
+from criu_macvlan import images, netdev
 from criu_macvlan.errors import ExitCode, ImageError
 
 EMPTY_ENTRY = b"\0\0\0\0"  # a size field of 0: an entry with no bytes
@@ -27,15 +26,15 @@ EMPTY_ENTRY = b"\0\0\0\0"  # a size field of 0: an entry with no bytes
 def planted(d: Path, entries: int, payload: bytes = b"") -> Path:
     path = d / "netdev-98.img"
     with open(path, "wb") as f:
-        f.write(images.frame(images.NETDEV_MAGIC, []))
+        f.write(images.frame(netdev.NETDEV_MAGIC, []))
         f.write((len(payload).to_bytes(4, "little") + payload) * entries)
     return path
 
 
-def read(d: Path) -> images.NetdevSummary:
+def read(d: Path) -> netdev.NetdevSummary:
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return images.summarize_netdev(fd, "netdev-98.img")
+        return netdev.summarize_netdev(fd, "netdev-98.img")
     finally:
         os.close(fd)
 
@@ -50,16 +49,16 @@ def test_empty_entry_is_refused(tmp_path: Path) -> None:
 
 def test_64_mib_of_empty_entries_is_refused(tmp_path: Path) -> None:
     planted(tmp_path, (images.MAX_IMAGE_BYTES - 8) // len(EMPTY_ENTRY))
-    with pytest.raises(ImageError, match=rf"^netdev-98\.img: more than {images.MAX_NETDEV_ENTRIES} entries$"):
+    with pytest.raises(ImageError, match=rf"^netdev-98\.img: more than {netdev.MAX_NETDEV_ENTRIES} entries$"):
         read(tmp_path)
 
 
 def test_too_many_valid_entries_are_refused(tmp_path: Path) -> None:
-    entry = images.netdev_entry_class()(type=1, ifindex=1, mtu=65536, flags=0, name="lo").SerializeToString()
-    planted(tmp_path, images.MAX_NETDEV_ENTRIES, entry)
+    entry = netdev.netdev_entry_class()(type=1, ifindex=1, mtu=65536, flags=0, name="lo").SerializeToString()
+    planted(tmp_path, netdev.MAX_NETDEV_ENTRIES, entry)
     assert len(read(tmp_path).native) == 0  # at the limit: fine
-    planted(tmp_path, images.MAX_NETDEV_ENTRIES + 1, entry)
-    with pytest.raises(ImageError, match=rf"^netdev-98\.img: more than {images.MAX_NETDEV_ENTRIES} entries$"):
+    planted(tmp_path, netdev.MAX_NETDEV_ENTRIES + 1, entry)
+    with pytest.raises(ImageError, match=rf"^netdev-98\.img: more than {netdev.MAX_NETDEV_ENTRIES} entries$"):
         read(tmp_path)
 
 
@@ -75,7 +74,7 @@ def test_check_of_a_planted_netdev_image_stays_small(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "criu_macvlan.cli", "check", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, check=False, preexec_fn=_cap_memory)
     assert res.stderr.strip().splitlines() == [
-        f"criu-macvlan: netdev-98.img: more than {images.MAX_NETDEV_ENTRIES} entries"
+        f"criu-macvlan: netdev-98.img: more than {netdev.MAX_NETDEV_ENTRIES} entries"
     ], res.stderr
     assert res.returncode == ExitCode.CHECK
 
@@ -92,5 +91,5 @@ def test_restore_with_a_planted_netdev_image_fails_in_one_line(net: Net, procs: 
     log = (images / "restore.log").read_text(errors="replace")
     ours = [line for line in log.splitlines() if "criu-macvlan-action:" in line]
     assert ours == [
-        f"criu-macvlan-action: setup-namespaces: netdev-98.img: more than {images_mod.MAX_NETDEV_ENTRIES} entries"
+        f"criu-macvlan-action: setup-namespaces: netdev-98.img: more than {netdev.MAX_NETDEV_ENTRIES} entries"
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sidecars import encoded, full_link, netdev_entries
 
-from criu_macvlan import images
+from criu_macvlan import images, netdev
 from criu_macvlan.context import ActionContext, ImagesDir, Mode
 from criu_macvlan.errors import ImageError
 from criu_macvlan.plugin import MacvlanPlugin
@@ -22,7 +22,7 @@ def staged_dump(tmp_path: Path) -> Iterator[tuple[Path, ActionContext]]:
     link = full_link(0)
     link.ifindex = 3
     (tmp_path / images.STAGED).write_bytes(encoded([link]))
-    (tmp_path / "netdev-9.img").write_bytes(images.frame(images.NETDEV_MAGIC, netdev_entries()))
+    (tmp_path / "netdev-9.img").write_bytes(images.frame(netdev.NETDEV_MAGIC, netdev_entries()))
     d = ImagesDir.open(str(tmp_path))
     try:
         yield tmp_path, ActionContext(action="post-dump", mode=Mode.RPC, images=d, log=logging.getLogger("t"))
@@ -34,7 +34,7 @@ def test_post_dump_commits_and_converts(staged_dump: tuple[Path, ActionContext])
     path, ctx = staged_dump
     MacvlanPlugin().criu_post_dump(ctx)
     assert sorted(os.listdir(path)) == [images.SIDECAR, "netdev-9.img"]
-    assert images.summarize_netdev(ctx.images.fd, "netdev-9.img").converted == [("mv0", 3)]
+    assert netdev.summarize_netdev(ctx.images.fd, "netdev-9.img").converted == [("mv0", 3)]
     MacvlanPlugin().criu_post_dump(ctx)  # repeated: no change, no error
     assert sorted(os.listdir(path)) == [images.SIDECAR, "netdev-9.img"]
 
@@ -47,7 +47,7 @@ def test_post_dump_failing_leaves_no_sidecar(staged_dump: tuple[Path, ActionCont
     def broken(*args: object, **kw: object) -> int:
         raise ImageError("netdev-9.img: injected failure")
 
-    monkeypatch.setattr(images, "convert_netdev", broken)
+    monkeypatch.setattr(netdev, "convert_netdev", broken)
     with pytest.raises(ImageError):
         MacvlanPlugin().criu_post_dump(ctx)
     assert not (path / images.SIDECAR).exists()

@@ -20,7 +20,7 @@ import pytest
 from helpers import read_line
 from sidecars import encoded, full_head, full_link, netdev_entries, valid_samples
 
-from criu_macvlan import images
+from criu_macvlan import images, netdev
 from criu_macvlan import macvlan_pb2 as pb
 from criu_macvlan.errors import ExitCode, ImageError
 
@@ -67,10 +67,10 @@ def test_magic_constants_match_pycriu() -> None:
     from pycriu.images import netdev_pb2
 
     assert magic.by_name["IMG_COMMON"] == images.IMG_COMMON
-    assert magic.by_name["NETDEV"] == images.NETDEV_MAGIC
+    assert magic.by_name["NETDEV"] == netdev.NETDEV_MAGIC
     assert images.MACVLAN_MAGIC not in magic.by_name.values()  # ours does not collide with CRIU's
-    assert netdev_pb2.EXTLINK == images.ND_EXTLINK
-    assert netdev_pb2.MACVLAN == images.ND_MACVLAN
+    assert netdev_pb2.EXTLINK == netdev.ND_EXTLINK
+    assert netdev_pb2.MACVLAN == netdev.ND_MACVLAN
 
 
 def test_full_link_sets_every_field() -> None:
@@ -148,7 +148,7 @@ def test_truncated_at_every_byte(sample: str) -> None:
 
 def test_wrong_magic() -> None:
     data = valid_samples()["one-link"]
-    netdev_magic = data[:4] + images.NETDEV_MAGIC.to_bytes(4, "little") + data[8:]
+    netdev_magic = data[:4] + netdev.NETDEV_MAGIC.to_bytes(4, "little") + data[8:]
     expect_error(netdev_magic, "wrong magic", f"expected {images.MACVLAN_MAGIC:#010x}")
     expect_error(b"\0\0\0\0" + data[4:], "wrong magic")
 
@@ -307,29 +307,29 @@ def test_netdev_rewrite_is_lossless(imgdir: tuple[Path, int]) -> None:
 
     d, fd = imgdir
     entries = netdev_entries()
-    original = images.frame(images.NETDEV_MAGIC, entries)
+    original = images.frame(netdev.NETDEV_MAGIC, entries)
     (d / "netdev-9.img").write_bytes(original)
-    assert images.netdev_images(fd) == ["netdev-9.img"]
-    before = images.summarize_netdev(fd, "netdev-9.img")
+    assert netdev.netdev_images(fd) == ["netdev-9.img"]
+    before = netdev.summarize_netdev(fd, "netdev-9.img")
     assert before.native == [("mv0", 3), ("mv1", 4)] and before.converted == []
 
-    assert images.convert_netdev(fd, "netdev-9.img", {3}) == 1
-    raw, parsed = images.read_netdev(fd, "netdev-9.img")
+    assert netdev.convert_netdev(fd, "netdev-9.img", {3}) == 1
+    raw, parsed = netdev.read_netdev(fd, "netdev-9.img")
     assert [raw[0], raw[1], raw[3]] == [entries[0], entries[1], entries[3]]  # untouched, byte for byte
     assert parsed[2].type == nd.EXTLINK  # type: ignore[attr-defined]
     assert parsed[2].macvlan.mode == 4 and parsed[2].macvlan.flags == 1  # type: ignore[attr-defined]
     # its own bytes (unknown fields included), then the new type: parsers take the last value
     assert raw[2] == entries[2] + nd.net_device_entry(type=nd.EXTLINK).SerializePartialToString()  # type: ignore[attr-defined]
     assert entries[2].endswith(b"\xa0\x3e\x2a\xaa\x3e\x03xyz")  # (the unknown fields)
-    after = images.summarize_netdev(fd, "netdev-9.img")
+    after = netdev.summarize_netdev(fd, "netdev-9.img")
     assert after.native == [("mv1", 4)] and after.converted == [("mv0", 3)]
 
-    assert images.convert_netdev(fd, "netdev-9.img", {3}) == 0  # idempotent: nothing to do
-    assert images.convert_netdev(fd, "netdev-9.img", {3}, to_native=True) == 1
-    raw, parsed = images.read_netdev(fd, "netdev-9.img")
+    assert netdev.convert_netdev(fd, "netdev-9.img", {3}) == 0  # idempotent: nothing to do
+    assert netdev.convert_netdev(fd, "netdev-9.img", {3}, to_native=True) == 1
+    raw, parsed = netdev.read_netdev(fd, "netdev-9.img")
     assert [raw[0], raw[1], raw[3]] == [entries[0], entries[1], entries[3]] and raw[2].startswith(entries[2])
     (d / "original.img").write_bytes(original)
-    assert parsed == images.read_netdev(fd, "original.img")[1]  # what any parser reads: the original entries
+    assert parsed == netdev.read_netdev(fd, "original.img")[1]  # what any parser reads: the original entries
     (d / "original.img").unlink()
     assert sorted(os.listdir(d)) == ["netdev-9.img"]  # no temp file left
 
@@ -339,14 +339,14 @@ def test_netdev_rewrite_keeps_mode_and_owner(imgdir: tuple[Path, int], mode: int
     # a restore in a user namespace opens netdev-<id>.img as the container's host uid
     d, fd = imgdir
     path = d / "netdev-9.img"
-    path.write_bytes(images.frame(images.NETDEV_MAGIC, netdev_entries()))
+    path.write_bytes(images.frame(netdev.NETDEV_MAGIC, netdev_entries()))
     os.chmod(path, mode)
     owner = (os.getuid(), os.getgid())
     if os.geteuid() == 0:
         owner = (100000, 100000)
         os.chown(path, *owner)
     inode = path.stat().st_ino
-    assert images.convert_netdev(fd, "netdev-9.img", {3}) == 1
+    assert netdev.convert_netdev(fd, "netdev-9.img", {3}) == 1
     st = path.stat()
     assert st.st_ino != inode  # replaced, not rewritten in place
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (mode, *owner)
@@ -354,29 +354,29 @@ def test_netdev_rewrite_keeps_mode_and_owner(imgdir: tuple[Path, int], mode: int
 
 def test_netdev_unconverted_file_untouched(imgdir: tuple[Path, int]) -> None:
     d, fd = imgdir
-    (d / "netdev-1.img").write_bytes(images.frame(images.NETDEV_MAGIC, netdev_entries()))
+    (d / "netdev-1.img").write_bytes(images.frame(netdev.NETDEV_MAGIC, netdev_entries()))
     mtime = (d / "netdev-1.img").stat().st_mtime_ns
-    assert images.convert_netdev(fd, "netdev-1.img", {99}) == 0
+    assert netdev.convert_netdev(fd, "netdev-1.img", {99}) == 0
     assert (d / "netdev-1.img").stat().st_mtime_ns == mtime
 
 
 def test_netdev_bad_images(imgdir: tuple[Path, int]) -> None:
     d, fd = imgdir
     with pytest.raises(ImageError, match=r"^netdev-2\.img: missing$"):
-        images.read_netdev(fd, "netdev-2.img")
+        netdev.read_netdev(fd, "netdev-2.img")
     (d / "netdev-2.img").write_bytes(images.frame(images.MACVLAN_MAGIC, []))
     with pytest.raises(ImageError, match=r"^netdev-2\.img: wrong magic"):
-        images.read_netdev(fd, "netdev-2.img")
-    (d / "netdev-2.img").write_bytes(images.frame(images.NETDEV_MAGIC, [b"\xff\xff"]))
+        netdev.read_netdev(fd, "netdev-2.img")
+    (d / "netdev-2.img").write_bytes(images.frame(netdev.NETDEV_MAGIC, [b"\xff\xff"]))
     with pytest.raises(ImageError, match=r"^netdev-2.img: entry #0 is not a net_device_entry"):
-        images.read_netdev(fd, "netdev-2.img")
+        netdev.read_netdev(fd, "netdev-2.img")
 
 
 def test_netdev_images_sorted_by_id(imgdir: tuple[Path, int]) -> None:
     d, fd = imgdir
     for name in ("netdev-10.img", "netdev-9.img", "netdev-x.img", "netdev-1.img.tmp", "ifaddr-9.img"):
         (d / name).write_bytes(b"")
-    assert images.netdev_images(fd) == ["netdev-9.img", "netdev-10.img"]
+    assert netdev.netdev_images(fd) == ["netdev-9.img", "netdev-10.img"]
 
 
 # ------------------------------------------------------- atomic replacement
@@ -419,11 +419,11 @@ def test_failed_write_keeps_old_file(imgdir: tuple[Path, int], monkeypatch: pyte
 
 def test_failed_netdev_conversion_keeps_old_file(imgdir: tuple[Path, int], monkeypatch: pytest.MonkeyPatch) -> None:
     d, fd = imgdir
-    original = images.frame(images.NETDEV_MAGIC, netdev_entries())
+    original = images.frame(netdev.NETDEV_MAGIC, netdev_entries())
     (d / "netdev-9.img").write_bytes(original)
     monkeypatch.setattr(os, "rename", fail_rename)
     with pytest.raises(ImageError, match=r"^netdev-9\.img: cannot write"):
-        images.convert_netdev(fd, "netdev-9.img", {3})
+        netdev.convert_netdev(fd, "netdev-9.img", {3})
     assert (d / "netdev-9.img").read_bytes() == original
     assert os.listdir(d) == ["netdev-9.img"]
 
@@ -474,7 +474,7 @@ def test_symlinked_sidecar_is_refused(imgdir: tuple[Path, int], tmp_path: Path) 
         images.load(fd)
     (d / "netdev-1.img").symlink_to(elsewhere)
     with pytest.raises(ImageError, match="is a symlink"):
-        images.read_netdev(fd, "netdev-1.img")
+        netdev.read_netdev(fd, "netdev-1.img")
 
 
 def test_planted_staged_symlink_is_replaced_not_followed(imgdir: tuple[Path, int], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, criu, dumped
 
-from criu_macvlan import images
+from criu_macvlan import images, netdev
 from criu_macvlan import macvlan_pb2 as pb
 
 
@@ -25,8 +25,8 @@ def bad_name_sidecar() -> bytes:
 
 
 def bad_name_netdev() -> bytes:
-    entry = images.netdev_entry_class()(type=1, ifindex=1, mtu=65536, flags=0, name="loX")
-    return images.frame(images.NETDEV_MAGIC, [entry.SerializeToString().replace(b"loX", b"lo\xff")])
+    entry = netdev.netdev_entry_class()(type=1, ifindex=1, mtu=65536, flags=0, name="loX")
+    return images.frame(netdev.NETDEV_MAGIC, [entry.SerializeToString().replace(b"loX", b"lo\xff")])
 
 
 def test_decoding_writes_nothing_to_stderr(tmp_path: Path) -> None:
@@ -34,13 +34,13 @@ def test_decoding_writes_nothing_to_stderr(tmp_path: Path) -> None:
     (tmp_path / "netdev-9.img").write_bytes(bad_name_netdev())
     probe = (
         "import os, sys\n"
-        "from criu_macvlan import images\n"
+        "from criu_macvlan import images, netdev\n"
         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
         "try:\n"
         "    images.load(fd)\n"
         "except images.ImageError as exc:\n"
         "    print(exc)\n"
-        "print(images.summarize_netdev(fd, 'netdev-9.img').devices)\n"
+        "print(netdev.summarize_netdev(fd, 'netdev-9.img').devices)\n"
     )
     res = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True,
                          timeout=60, check=True)

@@ -20,7 +20,7 @@ from types import FrameType
 import pytest
 from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, dumped
 
-from criu_macvlan import images
+from criu_macvlan import images, netdev
 from criu_macvlan.errors import ExitCode, ImageError
 
 KINDS = {
@@ -73,7 +73,7 @@ def _stage(fd: int) -> object:
 
 
 def _netdev(fd: int) -> object:
-    return images.read_netdev(fd, "netdev-9.img")
+    return netdev.read_netdev(fd, "netdev-9.img")
 
 
 ROLES: dict[str, tuple[str, Callable[[int], object]]] = {
@@ -120,7 +120,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize("kind", ["fifo", "dir"])
 def test_cli_commands_refuse_a_special_sidecar(tmp_path: Path, command: str, kind: str) -> None:
     plant(tmp_path / images.SIDECAR, kind)
-    (tmp_path / "netdev-9.img").write_bytes(images.frame(images.NETDEV_MAGIC, []))
+    (tmp_path / "netdev-9.img").write_bytes(images.frame(netdev.NETDEV_MAGIC, []))
     res = cli(command, str(tmp_path))
     lines = res.stderr.strip().splitlines()
     assert lines == [f"criu-macvlan: macvlan.img: is {KINDS[kind]}, not a regular file"], res.stderr

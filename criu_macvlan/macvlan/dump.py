@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .. import images
+from .. import images, netdev
 from .. import macvlan_pb2 as pb
 from .. import netns as nsutil
 from ..context import ActionContext
@@ -60,12 +60,12 @@ def post_dump(ctx: ActionContext) -> None:
     if source is None:
         return  # no macvlan was staged: nothing to do
     sidecar, committed = source
-    netdevs = images.netdev_images(dir_fd)
+    netdevs = netdev.netdev_images(dir_fd)
     if not committed and not netdevs:
         sidecar.head.empty_ns = True  # CRIU wrote no netdev image: --empty-ns net
     ifindexes = {link.ifindex for link in sidecar.links}
     for name in netdevs:
-        changed = images.convert_netdev(dir_fd, name, ifindexes)
+        changed = netdev.convert_netdev(dir_fd, name, ifindexes)
         if changed:
             ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
     if not committed:
@@ -180,7 +180,7 @@ class Reader(threading.Thread):
         try:
             self._found = _read_links(*self._args)
             if self._found is not None:
-                images.netdev_entry_class()  # imported now, not in post-dump (the tree is frozen then)
+                netdev.netdev_entry_class()  # imported now, not in post-dump (the tree is frozen then)
         except BaseException as exc:  # handed to post-dump
             self._error = exc
 

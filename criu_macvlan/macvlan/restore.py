@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .. import announcer, images
+from .. import announcer, images, netdev
 from .. import macvlan_pb2 as pb
 from .. import netns as nsutil
 from ..context import ActionContext, Mode
@@ -108,9 +108,9 @@ def _encode_ahead(plan: list[Planned]) -> PreparedMacvlans:
 def prepare_restore(ctx: ActionContext) -> RestorePlan | None:
     """The links to create and whether to restore their L3 too; ``None`` if the images have none."""
     dir_fd = ctx.images.fd
-    netdevs = images.netdev_images(dir_fd)
+    netdevs = netdev.netdev_images(dir_fd)
     sidecar = images.load(dir_fd)
-    summaries = {name: images.summarize_netdev(dir_fd, name) for name in netdevs}
+    summaries = {name: netdev.summarize_netdev(dir_fd, name) for name in netdevs}
     if sidecar is None:
         converted = [f"{n}:{link}" for n, s in summaries.items() for link, _ in s.converted]
         if converted:
@@ -176,7 +176,7 @@ def restores_l3_itself(ctx: ActionContext, netdevs: list[str]) -> bool:
 
 
 def _check_netdev_consistency(
-    sidecar: images.Sidecar, summaries: dict[str, images.NetdevSummary], path: str
+    sidecar: images.Sidecar, summaries: dict[str, netdev.NetdevSummary], path: str
 ) -> None:
     native = [f"{link} ({name})" for name, s in summaries.items() for link, _ in s.native]
     if native:
