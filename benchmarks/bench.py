@@ -67,8 +67,8 @@ TO_FIRST = "restore: to CRIU's first notification"
 COLD_STEPS = (
     ("interpreter", "import os"),
     ("+ pluggy", "import os, pluggy"),
-    ("+ protobuf, both schemas", "import os, pluggy, criu_macvlan.images as i; i.netdev_entry_class()"),
-    ("+ pyroute2's netlink layer", "import os, pluggy, criu_macvlan.netlink, criu_macvlan.images as i; "
+    ("+ protobuf, both schemas", "import os, pluggy, criu_macvlan.netdev as i; i.netdev_entry_class()"),
+    ("+ pyroute2's netlink layer", "import os, pluggy, criu_macvlan.netlink, criu_macvlan.netdev as i; "
                                    "i.netdev_entry_class()"),
 )
 COLD_IMPORTS = COLD_STEPS[-1][1] + "; os._exit(0)"
@@ -184,15 +184,16 @@ def add_macvlans(pid: int, parent: str, n: int) -> None:
 def strip_macvlans(images: str) -> int:
     """Drop the MACVLAN entries from CRIU's netdev images: CRIU then restores everything but the links."""
     from criu_macvlan import images as img
+    from criu_macvlan import netdev
 
     fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
     try:
         dropped = 0
-        for name in img.netdev_images(fd):
-            raw, entries = img.read_netdev(fd, name)
-            keep = [r for r, e in zip(raw, entries, strict=True) if e.type != img.ND_MACVLAN]
+        for name in netdev.netdev_images(fd):
+            raw, entries = netdev.read_netdev(fd, name)
+            keep = [r for r, e in zip(raw, entries, strict=True) if e.type != netdev.ND_MACVLAN]
             dropped += len(raw) - len(keep)
-            img.write_atomic(fd, name, img.frame(img.NETDEV_MAGIC, keep))
+            img.write_atomic(fd, name, img.frame(netdev.NETDEV_MAGIC, keep))
         return dropped
     finally:
         os.close(fd)

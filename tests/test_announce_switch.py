@@ -23,8 +23,7 @@ from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, ip, read_line, run, 
 from segment import Announcements
 
 import criu_macvlan
-from criu_macvlan import images as img
-from criu_macvlan import serve
+from criu_macvlan import netdev, serve
 
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 CLI = Path(sys.executable).with_name("criu-macvlan")
@@ -185,7 +184,7 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
     # CRIU saved eth0 with IPv6 off: the plugin makes it so at once (no MLD/DAD frame from it either)
     fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert [img.summarize_netdev(fd, n).ipv6_off for n in img.netdev_images(fd)] == [["eth0"]]
+        assert [netdev.summarize_netdev(fd, n).ipv6_off for n in netdev.netdev_images(fd)] == [["eth0"]]
     finally:
         os.close(fd)
     new = restore(path, sw, procs, images, announce=False)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from helpers import ACTION_SCRIPT, CRIU, FourLinks, Net, Procs, alive
 
-from criu_macvlan import images as img
+from criu_macvlan import netdev
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def test_engine_config_file_dump_restore(
     assert "Running post-dump scripts" in dump_log
     fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
     try:  # CRIU will leave the links to the action script
-        summaries = [img.summarize_netdev(fd, n) for n in img.netdev_images(fd)]
+        summaries = [netdev.summarize_netdev(fd, n) for n in netdev.netdev_images(fd)]
     finally:
         os.close(fd)
     assert sorted(name for x in summaries for name, _ in x.converted) == sorted(maps)
