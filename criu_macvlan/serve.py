@@ -14,10 +14,13 @@ the helper and the shim alike), mode 0700, root only:
 * the helper keeps the FIFO ``req`` open read-write and writes its pid to ``pid``;
 * the shim (``hooks/criu-macvlan-action``) checks that the directory and ``req``
   are root's alone (owner root, mode 0700 and 0600, no symlink), creates a FIFO
-  ``rep.<its pid>``, holds it open read-write, writes its pid as one line to
-  ``req`` and reads from ``rep.<its pid>`` the line ``pid <child>`` (the child
-  running its action: the shim falls back to Python at once if that child dies),
-  then the action's exit code;
+  ``rep.<its pid>``, holds it open read-write and for reading, writes its pid as
+  one line to ``req`` and reads from ``rep.<its pid>`` the line ``pid <child>``;
+* the helper opens that FIFO for writing (and removes its name), forks a child
+  that inherits it, and closes its own end: from the line ``pid <child>`` on,
+  that child alone holds the FIFO open for writing, so the shim, having closed
+  its read-write end, gets the action's exit code from it, or an end of file if
+  it dies first (then the shim falls back to Python);
 * the child takes everything else from the shim process itself: its environment
   (``CRTOOLS_*`` and the rest, exactly what a Python start would see), its stderr
   (CRIU's log) and its parent (the CRIU process, which must own the images dir
@@ -32,6 +35,7 @@ criu-macvlan or its plugins.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import shutil
@@ -53,12 +57,16 @@ def serve_dir() -> str:
 
 
 def preload() -> None:
-    """Import everything an action needs, so that forked children start warm."""
+    """Import everything an action needs and load the plugins once, so that forked children start warm."""
+    import ctypes  # noqa: F401  # netlink's setns, on first use
+
     from . import action, criuconf, images, netlink, plugin  # noqa: F401
-    from .manager import plugin_manager
+    from .manager import plugin_manager, write_actions_cache
 
     images.netdev_entry_class()
-    plugin_manager()
+    hooks = plugin_manager()
+    write_actions_cache(hooks)
+    action.keep_warm(hooks)
 
 
 def serve(path: str | None = None, idle_timeout: float | None = None, ready: Callable[[], None] | None = None) -> int:
@@ -78,6 +86,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         preload()
+        gc.freeze()  # the children's collections then leave the loaded objects (and their pages) alone
         write_pid(dir_fd)
         if ready is not None:
             ready()
@@ -163,19 +172,27 @@ def _pid_in(path: str) -> int:
 
 
 def _fork_handler(dir_fd: int, token: int) -> None:
-    child = os.fork()
+    rep = _open_reply(dir_fd, token)
+    if rep is None:
+        return
+    try:
+        child = os.fork()
+    except OSError:
+        _answer(rep, "refused")
+        child = -1
     if child != 0:
-        _reply(dir_fd, token, f"pid {child}")  # the shim watches that child from now on
+        os.close(rep)  # the child alone writes to the shim from now on: its end is the shim's end of file
         return
     code = 1
     try:  # pragma: no cover - the forked child (tested end to end)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
+        _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own end on it
         try:
-            handle(dir_fd, token)
+            handle(rep, token)
             code = 0
         except BaseException:
-            _reply(dir_fd, token, "refused")  # the hook runs Python rather than wait for its timeout
+            _answer(rep, "refused")  # the hook runs Python rather than wait
             raise
     finally:
         sys.stderr.flush()
@@ -187,8 +204,8 @@ def shim_request(token: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{token}/environ", "rb") as f:
             raw = f.read()
-        with open(f"/proc/{token}/stat", encoding="ascii", errors="replace") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{token}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
     env: dict[str, str] = {}
@@ -202,8 +219,8 @@ def shim_request(token: int) -> dict[str, str] | None:
     return env
 
 
-def handle(dir_fd: int, token: int) -> None:
-    """In the forked child: run the action of shim ``token`` and answer it (``refused``: it runs Python)."""
+def handle(rep: int, token: int) -> None:
+    """In the forked child: run the action of shim ``token`` and answer it on ``rep`` (``refused``: it runs Python)."""
     env = shim_request(token)
     code = None
     if env is not None:
@@ -211,20 +228,30 @@ def handle(dir_fd: int, token: int) -> None:
         os.environ.clear()
         os.environ.update(env)
         code = run_for_hook(token, env, f"criu-macvlan serve (pid {os.getppid()})")
-    _reply(dir_fd, token, "refused" if code is None else str(code))
+    _answer(rep, "refused" if code is None else str(code))
 
 
-def _reply(dir_fd: int, token: int, answer: str) -> None:
-    """Write ``answer`` to the shim's FIFO, if it is one of root's (the shim made it)."""
+def _open_reply(dir_fd: int, token: int) -> int | None:
+    """The shim's FIFO ``rep.<token>`` opened for writing, if it is one of root's (the shim made it); its name removed.
+
+    ``None`` if there is none, or no reader: the shim gave up.
+    """
+    name = f"rep.{token}"
     try:  # the shim holds the FIFO open: this never blocks; ENXIO if it gave up
-        rep = os.open(f"rep.{token}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        rep = os.open(name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
-        return
+        return None
     try:
         st = os.fstat(rep)
         if stat.S_ISFIFO(st.st_mode) and _root_only(st, 0o600):
-            os.write(rep, f"{answer}\n".encode("ascii"))
+            os.unlink(name, dir_fd=dir_fd)  # both ends are open: nothing is left behind, whatever happens next
+            return rep
     except OSError:
         pass
-    finally:
-        os.close(rep)
+    os.close(rep)
+    return None
+
+
+def _answer(rep: int, answer: str) -> None:
+    with contextlib.suppress(OSError):  # the shim is gone
+        os.write(rep, f"{answer}\n".encode("ascii"))
