@@ -13,14 +13,14 @@ the helper and the shim alike), mode 0700, root only:
 
 * the helper keeps the FIFO ``req`` open read-write and writes its pid to ``pid``;
 * the shim (``hooks/criu-macvlan-action``) checks that the directory and ``req``
-  are root's alone (owner root, mode 0700 and 0600, no symlink), creates a FIFO
-  ``rep.<its pid>``, holds it open read-write and for reading, writes its pid as
-  one line to ``req`` and reads from ``rep.<its pid>`` the line ``pid <child>``;
-* the helper opens that FIFO for writing (and removes its name), forks a child
-  that inherits it, and closes its own end: from the line ``pid <child>`` on,
-  that child alone holds the FIFO open for writing, so the shim, having closed
-  its read-write end, gets the action's exit code from it, or an end of file if
-  it dies first (then the shim falls back to Python);
+  are root's alone (owner root, mode 0700 and 0600, no symlink), and writes one
+  line ``<its pid> <reader>`` to ``req``: ``reader`` is a process of the shim's
+  whose stdin is a pipe it also holds open for writing;
+* the helper opens that pipe for writing (``/proc/<reader>/fd/0``) and forks a
+  child that inherits it; the child answers ``pid <child>``, on which the shim
+  drops its own write end: from then on the child alone holds the pipe, so the
+  shim reads the action's exit code from it, or an end of file if the child dies
+  first (then the shim falls back to Python);
 * the child takes everything else from the shim process itself: its environment
   (``CRTOOLS_*`` and the rest, exactly what a Python start would see), its stderr
   (CRIU's log) and its parent (the CRIU process, which must own the images dir
@@ -99,9 +99,9 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
                 pending += os.read(req, 4096)
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
-                token = line.decode("ascii", "replace").strip()
-                if token.isdigit():
-                    _fork_handler(dir_fd, int(token))
+                words = line.split()
+                if len(words) == 2 and all(w.isdigit() for w in words):
+                    _fork_handler(int(words[0]), int(words[1]))
         return 0  # idle
     except _Stop:
         return 0
@@ -171,8 +171,8 @@ def _pid_in(path: str) -> int:
         os.close(fd)
 
 
-def _fork_handler(dir_fd: int, token: int) -> None:
-    rep = _open_reply(dir_fd, token)
+def _fork_handler(token: int, reader: int) -> None:
+    rep = _open_reply(token, reader)
     if rep is None:
         return
     try:
@@ -187,7 +187,7 @@ def _fork_handler(dir_fd: int, token: int) -> None:
     try:  # pragma: no cover - the forked child (tested end to end)
         for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
-        _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own end on it
+        _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own write end on it
         try:
             handle(rep, token)
             code = 0
@@ -219,6 +219,12 @@ def shim_request(token: int) -> dict[str, str] | None:
     return env
 
 
+def _ppid(pid: int) -> int:
+    """The parent of ``pid``; ``OSError`` if there is no such process, ``ValueError`` if unreadable."""
+    with open(f"/proc/{pid}/stat", "rb") as f:  # bytes: no codec to import in every child
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
 def handle(rep: int, token: int) -> None:
     """In the forked child: run the action of shim ``token`` and answer it on ``rep`` (``refused``: it runs Python)."""
     env = shim_request(token)
@@ -231,20 +237,25 @@ def handle(rep: int, token: int) -> None:
     _answer(rep, "refused" if code is None else str(code))
 
 
-def _open_reply(dir_fd: int, token: int) -> int | None:
-    """The shim's FIFO ``rep.<token>`` opened for writing, if it is one of root's (the shim made it); its name removed.
+def _open_reply(token: int, reader: int) -> int | None:
+    """The pipe on which the shim ``token`` waits, opened for writing; ``None`` if it is not one.
 
-    ``None`` if there is none, or no reader: the shim gave up.
+    ``reader`` must be the shim or a process it started (at most two forks down),
+    and its stdin a pipe: the only place an answer is written to.
     """
-    name = f"rep.{token}"
-    try:  # the shim holds the FIFO open: this never blocks; ENXIO if it gave up
-        rep = os.open(name, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
+    try:
+        pid = reader
+        for _ in range(3):
+            if pid == token:
+                break
+            pid = _ppid(pid)
+        else:
+            return None
+        rep = os.open(f"/proc/{reader}/fd/0", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError, IndexError):
         return None
     try:
-        st = os.fstat(rep)
-        if stat.S_ISFIFO(st.st_mode) and _root_only(st, 0o600):
-            os.unlink(name, dir_fd=dir_fd)  # both ends are open: nothing is left behind, whatever happens next
+        if stat.S_ISFIFO(os.fstat(rep).st_mode):
             return rep
     except OSError:
         pass
