@@ -16,11 +16,12 @@ the helper and the shim alike), mode 0700, root only:
   are root's alone (owner root, mode 0700 and 0600, no symlink), and writes one
   line ``<its pid> <reader>`` to ``req``: ``reader`` is a process of the shim's
   whose stdin is a pipe it also holds open for writing;
-* the helper opens that pipe for writing (``/proc/<reader>/fd/0``) and forks a
-  child that inherits it; the child answers ``pid <child>``, on which the shim
-  drops its own write end: from then on the child alone holds the pipe, so the
-  shim reads the action's exit code from it, or an end of file if the child dies
-  first (then the shim falls back to Python);
+* the helper hands the request to a child it forked ahead of time (so that the
+  fork is not on the shim's clock; a new one is forked at once); the child opens
+  that pipe for writing (``/proc/<reader>/fd/0``) and answers ``pid <child>``, on
+  which the shim drops its own write end: from then on the child alone holds the
+  pipe, so the shim reads the action's exit code from it, or an end of file if
+  the child dies first (then the shim falls back to Python);
 * the child takes everything else from the shim process itself: its environment
   (``CRTOOLS_*`` and the rest, exactly what a Python start would see), its stderr
   (CRIU's log) and its parent (the CRIU process, which must own the images dir
@@ -43,6 +44,7 @@ import signal
 import stat
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from .errors import UsageError
 from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
@@ -84,6 +86,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     # on it (kill -0) sees that.
     old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    spare: _Spare | None = None
     try:
         preload()
         gc.freeze()  # the children's collections then leave the loaded objects (and their pages) alone
@@ -94,6 +97,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         poller.register(req, select.POLLIN)
         pending = b""
         timeout = -1 if idle_timeout is None else int(idle_timeout * 1000)
+        spare = _Spare.fork(req)
         while poller.poll(timeout):
             with contextlib.suppress(BlockingIOError):
                 pending += os.read(req, 4096)
@@ -101,11 +105,13 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
                 line, pending = pending.split(b"\n", 1)
                 words = line.split()
                 if len(words) == 2 and all(w.isdigit() for w in words):
-                    _fork_handler(int(words[0]), int(words[1]))
+                    spare = _dispatch(spare, req, int(words[0]), int(words[1]))
         return 0  # idle
     except _Stop:
         return 0
     finally:
+        if spare is not None:
+            spare.close()  # it exits, unused
         os.close(req)
         os.close(dir_fd)
         for s, handler in old.items():
@@ -171,29 +177,84 @@ def _pid_in(path: str) -> int:
         os.close(fd)
 
 
-def _fork_handler(token: int, reader: int) -> None:
-    rep = _open_reply(token, reader)
-    if rep is None:
-        return
-    try:
-        child = os.fork()
-    except OSError:
-        _answer(rep, "refused")
-        child = -1
-    if child != 0:
-        os.close(rep)  # the child alone writes to the shim from now on: its end is the shim's end of file
-        return
-    code = 1
-    try:  # pragma: no cover - the forked child (tested end to end)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(s, signal.SIG_DFL)
-        _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own write end on it
+class _Spare:
+    """A child forked ahead of the request it will serve: the fork is not on the clock of a waiting shim."""
+
+    def __init__(self, wr: int) -> None:
+        self.wr = wr  # the request goes here; closed unused: the child exits
+
+    @classmethod
+    def fork(cls, req: int) -> _Spare | None:
+        """A new spare; ``None`` if the fork fails (the next request is refused, the one after tries again)."""
+        rd, wr = os.pipe()
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop must never run our handler in the child
+        pid = -1
         try:
-            handle(rep, token)
-            code = 0
-        except BaseException:
-            _answer(rep, "refused")  # the hook runs Python rather than wait
-            raise
+            pid = os.fork()
+        except OSError:
+            os.close(rd)
+            os.close(wr)
+            return None
+        finally:
+            if pid != 0:  # the child unblocks them once its handlers are the defaults
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        if pid == 0:  # pragma: no cover - the forked child (tested end to end)
+            _serve_one(rd, (wr, req), stops)
+        os.close(rd)
+        return cls(wr)
+
+    def take(self, token: int, reader: int) -> bool:
+        """Hand it the request; ``False`` if it died meanwhile."""
+        try:
+            os.write(self.wr, f"{token} {reader}\n".encode("ascii"))
+            return True
+        except OSError:
+            return False
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        os.close(self.wr)
+
+
+def _dispatch(spare: _Spare | None, req: int, token: int, reader: int) -> _Spare | None:
+    """Hand request ``token reader`` to ``spare`` (``refused`` without a live one); the next spare."""
+    if spare is None or not spare.take(token, reader):
+        rep = _open_reply(token, reader)
+        if rep is not None:
+            _answer(rep, "refused")
+            os.close(rep)
+    return _Spare.fork(req)
+
+
+def _serve_one(rd: int, inherited: tuple[int, ...], stops: set[signal.Signals]) -> NoReturn:  # pragma: no cover
+    """The spare child: wait for one request on ``rd``, run it, exit."""
+    code = 1
+    try:
+        for s in (*stops, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        for fd in inherited:
+            os.close(fd)
+        request = b""
+        while not request.endswith(b"\n"):
+            chunk = os.read(rd, 64)
+            if not chunk:
+                break
+            request += chunk
+        words = request.split()
+        rep = _open_reply(int(words[0]), int(words[1])) if len(words) == 2 else None
+        if rep is None:
+            code = 0  # unused (the service stopped), or the shim gave up
+        else:
+            _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own write end on it
+            try:
+                handle(rep, int(words[0]))
+                code = 0
+            except BaseException:
+                _answer(rep, "refused")  # the hook runs Python rather than wait
+                raise
     finally:
         sys.stderr.flush()
         os._exit(code)
