@@ -29,6 +29,13 @@ the helper and the shim alike), mode 0700, root only:
   answered ``refused``: the shim then runs the action itself, as it does when no
   helper runs or none answers.
 
+Started by systemd (socket activation, ``examples/criu-macvlan.socket``), the
+helper finds ``req`` made and held by systemd, passed as fd 3 (``LISTEN_FDS``);
+the socket unit writes ``1`` to ``pid``: systemd (pid 1) holds ``req`` and starts
+the helper on the first request, which then waits in the FIFO. The helper leaves
+the directory and the FIFO to systemd when it exits (after ``--idle-timeout``),
+and writes ``1`` back to ``pid``.
+
 The helper runs the code it imported when it started: restart it after upgrading
 criu-macvlan or its plugins.
 """
@@ -51,6 +58,8 @@ from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
 from .warm import private_dir, run_for_hook, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
+LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed fd
+SYSTEMD_PID = 1
 DIR_ENV = "CRIU_MACVLAN_SERVE_DIR"
 
 
@@ -76,7 +85,8 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     path = path or serve_dir()
     if os.geteuid() != 0:
         raise UsageError("serve: must run as root (CRIU's action scripts run as root)")
-    dir_fd = _claim(path)
+    passed = listen_fd()
+    dir_fd = _claim(path) if passed is None else _adopt(path, passed)
 
     def on_signal(signum: int, frame: object) -> None:
         raise _Stop
@@ -85,7 +95,11 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     # Children are reaped by the kernel: a killed one vanishes at once, and the shim waiting
     # on it (kill -0) sees that.
     old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    if passed is None:
+        req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    else:
+        req = passed
+        os.set_blocking(req, False)
     spare: _Spare | None = None
     try:
         preload()
@@ -113,10 +127,49 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         if spare is not None:
             spare.close()  # it exits, unused
         os.close(req)
+        if passed is not None:  # systemd's again: it starts us on the next request
+            with contextlib.suppress(OSError):
+                write_pid(dir_fd, SYSTEMD_PID)
         os.close(dir_fd)
         for s, handler in old.items():
             signal.signal(s, handler)
-        shutil.rmtree(path, ignore_errors=True)
+        if passed is None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def listen_fd() -> int | None:
+    """The FIFO systemd passed us (socket activation: ``LISTEN_PID``, ``LISTEN_FDS``, fd 3), if any.
+
+    The variables are removed either way: they are not for the processes the actions start.
+    """
+    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
+    os.environ.pop("LISTEN_FDNAMES", None)
+    if pid != str(os.getpid()):
+        return None
+    if count != "1":
+        raise UsageError(f"serve: systemd passed {count or 'no'} file descriptors, expected one: the FIFO "
+                         "(ListenFIFO= alone in the socket unit)")
+    os.set_inheritable(LISTEN_FDS_START, False)
+    return LISTEN_FDS_START
+
+
+def _adopt(path: str, fd: int) -> int:
+    """An fd of ``path``, whose ``req`` must be the FIFO ``fd`` systemd passed, both root's alone."""
+    try:
+        dir_fd = private_dir(path)
+    except OSError as exc:
+        raise UsageError(f"serve: {path} is not a directory of root's alone (owner root, mode 0700, no symlink): "
+                         "set DirectoryMode=0700 in the socket unit") from exc
+    try:
+        st, named = os.fstat(fd), os.stat("req", dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        named = None
+    if named is None or not stat.S_ISFIFO(st.st_mode) or not _root_only(st, 0o600) \
+            or (st.st_dev, st.st_ino) != (named.st_dev, named.st_ino):
+        os.close(dir_fd)
+        raise UsageError(f"serve: systemd passed another file than the FIFO {path}/req of root's alone: "
+                         f"set ListenFIFO={path}/req and SocketMode=0600 in the socket unit (or --dir)")
+    return dir_fd
 
 
 class _Stop(Exception):

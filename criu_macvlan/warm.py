@@ -186,8 +186,8 @@ def private_dir(path: str) -> int:
     return fd
 
 
-def write_pid(dir_fd: int) -> None:
-    """Announce this helper: ``pid`` in ``dir_fd``, written whole (the shim reads it to see the helper lives).
+def write_pid(dir_fd: int, pid: int | None = None) -> None:
+    """Announce this helper (or ``pid``): file ``pid`` in ``dir_fd``, written whole (the shim checks it lives).
 
     Created exclusively without following a symlink, then renamed into place.
     """
@@ -196,7 +196,7 @@ def write_pid(dir_fd: int) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open("pid.tmp", flags, 0o600, dir_fd=dir_fd)
     try:
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        os.write(fd, f"{pid or os.getpid()}\n".encode("ascii"))
     finally:
         os.close(fd)
     os.rename("pid.tmp", "pid", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
