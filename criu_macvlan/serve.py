@@ -92,9 +92,9 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         raise _Stop
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    # Children are reaped by the kernel: a killed one vanishes at once, and the shim waiting
-    # on it (kill -0) sees that.
-    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Reaped as they exit (a shim sees its child's death as the end of its pipe): waited
+    # for, so that their peak memory counts in our RUSAGE_CHILDREN, logged at exit.
+    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _reap)
     if passed is None:
         req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     else:
@@ -135,6 +135,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
             signal.signal(s, handler)
         if passed is None:
             shutil.rmtree(path, ignore_errors=True)
+        _log_peak_memory()
 
 
 def listen_fd() -> int | None:
@@ -170,6 +171,23 @@ def _adopt(path: str, fd: int) -> int:
         raise UsageError(f"serve: systemd passed another file than the FIFO {path}/req of root's alone: "
                          f"set ListenFIFO={path}/req and SocketMode=0600 in the socket unit (or --dir)")
     return dir_fd
+
+
+def _reap(signum: int = 0, frame: object = None) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _log_peak_memory() -> None:
+    """With ``CRIU_MACVLAN_DEBUG``: our peak RSS and the largest of our children's (the bench reads it)."""
+    if os.environ.get("CRIU_MACVLAN_DEBUG", "") in ("", "0"):
+        return
+    import resource
+
+    _reap()
+    own, child = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(f"criu-macvlan: serve: peak RSS {own} KiB, of a child {child} KiB", file=sys.stderr, flush=True)
 
 
 class _Stop(Exception):
