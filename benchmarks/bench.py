@@ -257,8 +257,8 @@ def criu_env(serve_dir: str = NO_SERVE) -> dict[str, str]:
 
 
 def criu_cli(*args: str, images: str, logname: str, env: dict[str, str] | None = None) -> None:
-    # -v3: the info lines that time the frozen window (see frozen_time); native and ours alike
-    res = subprocess.run([CRIU, *args, "-v3", "-D", images, "-o", logname], capture_output=True, text=True,
+    # -v3 (unless args say otherwise): the info lines that time the frozen window (see frozen_time)
+    res = subprocess.run([CRIU, "-v3", *args, "-D", images, "-o", logname], capture_output=True, text=True,
                          check=False, env=env or criu_env())
     if res.returncode != 0:
         raise RuntimeError(f"criu {args[0]} failed ({res.returncode}):\n{log_tail(images, logname)}")
