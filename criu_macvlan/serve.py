@@ -48,6 +48,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Callable
@@ -107,19 +108,16 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         write_pid(dir_fd)
         if ready is not None:
             ready()
-        poller = select.poll()
-        poller.register(req, select.POLLIN)
-        pending = b""
         timeout = -1 if idle_timeout is None else int(idle_timeout * 1000)
-        spare = _Spare.fork(req)
-        while poller.poll(timeout):
-            with contextlib.suppress(BlockingIOError):
-                pending += os.read(req, 4096)
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                words = line.split()
-                if len(words) == 2 and all(w.isdigit() for w in words):
-                    spare = _dispatch(spare, req, int(words[0]), int(words[1]))
+        while True:
+            spare = _Spare.fork(req)
+            if spare is None:  # no child to serve the next request: refuse it, the shim runs Python
+                if not _poll(req, timeout):
+                    break
+                _refuse(_read_line(req))
+            elif not spare.wait(timeout):
+                break
+            spare = None  # it took a request (or died): the next one
         return 0  # idle
     except _Stop:
         return 0
@@ -249,79 +247,100 @@ def _pid_in(path: str) -> int:
 
 
 class _Spare:
-    """A child forked ahead of the request it will serve: the fork is not on the clock of a waiting shim."""
+    """A child forked ahead of the request it serves: it reads ``req`` itself, so that neither our fork
+    nor our reading and handing over is on the clock of a waiting shim."""
 
-    def __init__(self, wr: int) -> None:
-        self.wr = wr  # the request goes here; closed unused: the child exits
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl  # it says here when it has taken a request; closed: it exits unused
 
     @classmethod
     def fork(cls, req: int) -> _Spare | None:
-        """A new spare; ``None`` if the fork fails (the next request is refused, the one after tries again)."""
-        rd, wr = os.pipe()
+        """A new spare; ``None`` if the fork fails."""
+        ours, its = socket.socketpair()
         stops = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop must never run our handler in the child
         pid = -1
         try:
             pid = os.fork()
         except OSError:
-            os.close(rd)
-            os.close(wr)
+            ours.close()
+            its.close()
             return None
         finally:
             if pid != 0:  # the child unblocks them once its handlers are the defaults
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         if pid == 0:  # pragma: no cover - the forked child (tested end to end)
-            _serve_one(rd, (wr, req), stops)
-        os.close(rd)
-        return cls(wr)
+            ours.close()
+            _serve_one(req, its.fileno(), stops)
+        its.close()
+        return cls(ours)
 
-    def take(self, token: int, reader: int) -> bool:
-        """Hand it the request; ``False`` if it died meanwhile."""
+    def wait(self, timeout: int) -> bool:
+        """``True`` once it has taken a request (or died), ``False`` after ``timeout`` ms without."""
         try:
-            os.write(self.wr, f"{token} {reader}\n".encode("ascii"))
-            return True
-        except OSError:
-            return False
+            return _poll(self.ctl.fileno(), timeout)
         finally:
             self.close()
 
     def close(self) -> None:
-        os.close(self.wr)
+        self.ctl.close()
 
 
-def _dispatch(spare: _Spare | None, req: int, token: int, reader: int) -> _Spare | None:
-    """Hand request ``token reader`` to ``spare`` (``refused`` without a live one); the next spare."""
-    if spare is None or not spare.take(token, reader):
-        rep = _open_reply(token, reader)
-        if rep is not None:
-            _answer(rep, "refused")
-            os.close(rep)
-    return _Spare.fork(req)
+def _poll(fd: int, timeout: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout))
 
 
-def _serve_one(rd: int, inherited: tuple[int, ...], stops: set[signal.Signals]) -> NoReturn:  # pragma: no cover
-    """The spare child: wait for one request on ``rd``, run it, exit."""
+def _read_line(req: int) -> bytes:
+    """One request line from ``req``, read a byte at a time: the next line is the next child's."""
+    line = b""
+    with contextlib.suppress(BlockingIOError):  # a line is written whole: nothing more means a stray
+        while not line.endswith(b"\n") and len(line) < 256:
+            byte = os.read(req, 1)
+            if not byte:
+                break
+            line += byte
+    return line
+
+
+def _request(line: bytes) -> tuple[int, int] | None:
+    """``(token, reader)`` of a request line."""
+    words = line.split()
+    return (int(words[0]), int(words[1])) if len(words) == 2 and all(w.isdigit() for w in words) else None
+
+
+def _refuse(line: bytes) -> None:
+    if (request := _request(line)) is not None and (rep := _open_reply(*request)) is not None:
+        _answer(rep, "refused")
+        os.close(rep)
+
+
+def _serve_one(req: int, ctl: int, stops: set[signal.Signals]) -> NoReturn:  # pragma: no cover
+    """The spare child: take the next request from ``req`` (unless ``ctl`` closes first), run it, exit."""
     code = 1
     try:
         for s in (*stops, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-        for fd in inherited:
-            os.close(fd)
-        request = b""
-        while not request.endswith(b"\n"):
-            chunk = os.read(rd, 64)
-            if not chunk:
-                break
-            request += chunk
-        words = request.split()
-        rep = _open_reply(int(words[0]), int(words[1])) if len(words) == 2 else None
+        poller = select.poll()
+        poller.register(req, select.POLLIN)
+        poller.register(ctl, select.POLLIN)
+        request = None
+        while request is None:
+            if any(fd == ctl for fd, _ in poller.poll()):
+                os._exit(0)  # unused: the service stopped
+            request = _request(_read_line(req))
+        os.write(ctl, b"!")  # the service forks the next spare
+        os.close(ctl)
+        os.close(req)
+        rep = _open_reply(*request)
         if rep is None:
-            code = 0  # unused (the service stopped), or the shim gave up
+            code = 0  # the shim gave up
         else:
             _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own write end on it
             try:
-                handle(rep, int(words[0]))
+                handle(rep, request[0])
                 code = 0
             except BaseException:
                 _answer(rep, "refused")  # the hook runs Python rather than wait
