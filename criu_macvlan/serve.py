@@ -16,9 +16,10 @@ the helper and the shim alike), mode 0700, root only:
   are root's alone (owner root, mode 0700 and 0600, no symlink), and writes one
   line ``<its pid> <reader>`` to ``req``: ``reader`` is a process of the shim's
   whose stdin is a pipe it also holds open for writing;
-* the helper hands the request to a child it forked ahead of time (so that the
-  fork is not on the shim's clock; a new one is forked at once); the child opens
-  that pipe for writing (``/proc/<reader>/fd/0``) and answers ``pid <child>``, on
+* a child the helper forked ahead of time reads the request from ``req`` itself
+  (so that neither the fork nor a hand-over is on the shim's clock; the helper
+  then forks the next one), opens that pipe for writing (``/proc/<reader>/fd/0``,
+  the reader descending from the shim) and answers ``pid <child>``, on
   which the shim drops its own write end: from then on the child alone holds the
   pipe, so the shim reads the action's exit code from it, or an end of file if
   the child dies first (then the shim falls back to Python);
@@ -54,13 +55,12 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
 from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
 from .warm import private_dir, run_for_hook, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
-LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed fd
-SYSTEMD_PID = 1
 DIR_ENV = "CRIU_MACVLAN_SERVE_DIR"
 
 
@@ -87,7 +87,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     if os.geteuid() != 0:
         raise UsageError("serve: must run as root (CRIU's action scripts run as root)")
     passed = listen_fd()
-    dir_fd = _claim(path) if passed is None else _adopt(path, passed)
+    dir_fd = _claim(path) if passed is None else adopt(path, passed)
 
     def on_signal(signum: int, frame: object) -> None:
         raise _Stop
@@ -134,41 +134,6 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         if passed is None:
             shutil.rmtree(path, ignore_errors=True)
         _log_peak_memory()
-
-
-def listen_fd() -> int | None:
-    """The FIFO systemd passed us (socket activation: ``LISTEN_PID``, ``LISTEN_FDS``, fd 3), if any.
-
-    The variables are removed either way: they are not for the processes the actions start.
-    """
-    pid, count = os.environ.pop("LISTEN_PID", ""), os.environ.pop("LISTEN_FDS", "")
-    os.environ.pop("LISTEN_FDNAMES", None)
-    if pid != str(os.getpid()):
-        return None
-    if count != "1":
-        raise UsageError(f"serve: systemd passed {count or 'no'} file descriptors, expected one: the FIFO "
-                         "(ListenFIFO= alone in the socket unit)")
-    os.set_inheritable(LISTEN_FDS_START, False)
-    return LISTEN_FDS_START
-
-
-def _adopt(path: str, fd: int) -> int:
-    """An fd of ``path``, whose ``req`` must be the FIFO ``fd`` systemd passed, both root's alone."""
-    try:
-        dir_fd = private_dir(path)
-    except OSError as exc:
-        raise UsageError(f"serve: {path} is not a directory of root's alone (owner root, mode 0700, no symlink): "
-                         "set DirectoryMode=0700 in the socket unit") from exc
-    try:
-        st, named = os.fstat(fd), os.stat("req", dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        named = None
-    if named is None or not stat.S_ISFIFO(st.st_mode) or not _root_only(st, 0o600) \
-            or (st.st_dev, st.st_ino) != (named.st_dev, named.st_ino):
-        os.close(dir_fd)
-        raise UsageError(f"serve: systemd passed another file than the FIFO {path}/req of root's alone: "
-                         f"set ListenFIFO={path}/req and SocketMode=0600 in the socket unit (or --dir)")
-    return dir_fd
 
 
 def _reap(signum: int = 0, frame: object = None) -> None:
