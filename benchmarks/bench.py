@@ -61,6 +61,7 @@ SERVED = "criu --action-script, serve running"
 DRIVER_ALONE = "our RPC driver, no plugin"
 COLD_FLOOR = "native criu, then cold imports alone"
 TO_FIRST = "restore: to CRIU's first notification"
+FROZEN = ": frozen"  # op suffix: the tree's frozen window in that op (from CRIU's log)
 # What a cold setup-namespaces cannot do without, and nothing else: the interpreter, pluggy,
 # protobuf with the sidecar's and CRIU's netdev schemas, pyroute2's netlink layer. No hook runs.
 # It exits as our hook and CLI do, without the interpreter's teardown. COLD_STEPS: the same, one library at a time.
@@ -101,6 +102,7 @@ class Lab:
         self.pids: set[int] = set()
         self.popens: list[subprocess.Popen[bytes]] = []
         self.servers: list[subprocess.Popen[str]] = []
+        self.helpers: list[Served] = []
         self.tmp = tempfile.mkdtemp(prefix="criu-macvlan-bench-", dir=tmp_root)
         self._seq = 0
 
@@ -245,10 +247,31 @@ def criu_env(serve_dir: str = NO_SERVE) -> dict[str, str]:
 
 
 def criu_cli(*args: str, images: str, logname: str, env: dict[str, str] | None = None) -> None:
-    res = subprocess.run([CRIU, *args, "-D", images, "-o", logname], capture_output=True, text=True, check=False,
-                         env=env or criu_env())
+    # -v3 (unless args say otherwise): the info lines that time the frozen window (see frozen_time)
+    res = subprocess.run([CRIU, "-v3", *args, "-D", images, "-o", logname], capture_output=True, text=True,
+                         check=False, env=env or criu_env())
     if res.returncode != 0:
         raise RuntimeError(f"criu {args[0]} failed ({res.returncode}):\n{log_tail(images, logname)}")
+
+
+# The frozen window in CRIU's log (-v3 and up): dump, from the seize to the unfreeze (the tree is
+# killed then); restore, from forking the root task to resuming the tree.
+FROZEN_MARKS = {"dump": ("Seized task", "Unfreezing tasks"),
+                "restore": ("Forking task with", "Restore finished successfully")}
+
+
+def frozen_time(images: str, op: str) -> float | None:
+    """Seconds the tree was frozen in ``op`` (``dump``/``restore``), from its log in ``images``; ``None``
+    if the log does not say (an in-process path logs at CRIU's default level)."""
+    first, last = FROZEN_MARKS[op]
+    start = end = None
+    with contextlib.suppress(OSError), open(os.path.join(images, f"{op}.log"), errors="replace") as f:
+        for line in f:
+            if start is None and first in line:
+                start = float(line[1:line.index(")")])
+            elif last in line:
+                end = float(line[1:line.index(")")])
+    return end - start if start is not None and end is not None and end >= start else None
 
 
 def pidfile(images: str) -> str:
@@ -285,9 +308,13 @@ class Served:
 
     def __init__(self, lab: Lab) -> None:
         self.dir = f"/run/criu-macvlan/bench-{os.getpid()}"
+        # CRIU_MACVLAN_DEBUG for serve alone (its actions take the hook's environment): at exit it
+        # says its peak RSS and its largest child's
         self.proc = subprocess.Popen([str(CLI), "serve", "--dir", self.dir], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, "CRIU_MACVLAN_DEBUG": "1"})
         lab.servers.append(self.proc)
+        lab.helpers.append(self)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()
         if "serving at" not in line:
@@ -299,6 +326,16 @@ class Served:
 
     def restore(self, images: str, n: int, parent: str) -> int:
         return cli_script_restore(images, n, parent, self.env)
+
+    def stop(self) -> tuple[int | None, int | None]:
+        """Stop it; its peak RSS and its largest child's (bytes), as it says at exit."""
+        self.proc.terminate()
+        _, err = self.proc.communicate(timeout=30)
+        for line in err.splitlines():  # "criu-macvlan: serve: peak RSS <n> KiB, of a child <n> KiB"
+            numbers = [int(w) for w in line.split() if w.isdigit()]
+            if "peak RSS" in line and len(numbers) == 2:
+                return numbers[0] * 1024, numbers[1] * 1024
+        return None, None
 
 
 def cold_floor_restore(images: str, n: int, parent: str) -> int:
@@ -482,6 +519,7 @@ def run_chains(lab: Lab, specs: list[PathSpec], n: int, runs: int, warmup: bool,
             chain.pid = new
             if spec.fixup is not None:
                 spec.fixup(new, n, parent)
+            frozen = {op: frozen_time(images, op) for op in (("dump", "restore") if spec.dump_timed else ("restore",))}
             shutil.rmtree(images, ignore_errors=True)
             if warmup and i == 0:
                 continue
@@ -489,6 +527,9 @@ def run_chains(lab: Lab, specs: list[PathSpec], n: int, runs: int, warmup: bool,
             if spec.dump_timed:
                 ops.setdefault("dump", {}).setdefault(str(n), []).append(t1 - t0)
             ops.setdefault("restore", {}).setdefault(str(n), []).append(t3 - t2)
+            for op, seconds in frozen.items():
+                if seconds is not None:
+                    ops.setdefault(op + FROZEN, {}).setdefault(str(n), []).append(seconds)
             if spec.probe is not None and (value := spec.probe()) is not None:
                 ops.setdefault(TO_FIRST, {}).setdefault(str(n), []).append(value)
         log(f"N={n} run {i + 1}/{total} done")
@@ -710,16 +751,25 @@ def build_targets(samples: Sample, hooks: dict[str, dict[str, HookStats]]) -> li
 
     for op in ("restore", "dump"):
         for n in (1, 100):
+            limit = 1.03 if (op, n) == ("restore", 1) else 1.05
             out.append(target(f"in-process RPC {op}, N={n}",
-                              ratio("inproc", "criu-macvlan RPC", "pycriu (native)", op, n), 1.05, "x native"))
+                              ratio("inproc", "criu-macvlan RPC", "pycriu (native)", op, n), limit, "x native"))
     def per_link(path: str) -> float | None:
         hi, lo = (median_of(samples, "cmdline", path, "restore", n) for n in (1000, 1))
         return (hi - lo) / 999 if hi is not None and lo is not None else None
 
     nat = per_link("criu (native)")
-    for path, how in (("criu --action-script", "cold"), (SERVED, "criu-macvlan serve running")):
+    bound = ratio("cmdline", COLD_FLOOR, "criu (native)", "restore", 1)  # see build_bounds
+    cold_limit = round(1.05 * bound, 3) if bound is not None else 1.5
+    for path, how, limit in (("criu --action-script", "cold", cold_limit), (SERVED, "criu-macvlan serve running", 1.1)):
         out.append(target(f"action script restore, N=1 ({how})",
-                          ratio("cmdline", path, "criu (native)", "restore", 1), 1.5, "x native"))
+                          ratio("cmdline", path, "criu (native)", "restore", 1), limit, "x native",
+                          "1.05 x the cold-import bound" if how == "cold" and bound is not None else ""))
+        if path == SERVED:
+            out.append(target(f"action script restore, N=100 ({how})",
+                              ratio("cmdline", path, "criu (native)", "restore", 100), 1.05, "x native"))
+            out.append(target(f"action script dump, N=1 ({how})",
+                              ratio("cmdline", path, "criu (native)", "dump", 1), 1.2, "x native"))
         ours = per_link(path)
         out.append(target(f"action script restore per-link cost, N=1000 ({how})",
                           ours / nat if ours is not None and nat else None, 1.2, "x native",
@@ -833,16 +883,27 @@ def render_md(data: dict[str, Any]) -> str:
                   "TCP connection (it moves in steps of the client's TCP retransmission timeout). "
                   "Medians (min-max), ms:", "", "```", *d["table"], "```"]
     titles = {"inproc": "In-process (one Python process, RPC)", "cmdline": "Command line (whole processes)"}
+    frozen = {(r["group"], r["path"], r["op"][:-len(FROZEN)], r["n"]): r["median"]
+              for r in data["rows"] if r["op"].endswith(FROZEN)}
+    memory = {row["path"]: row for row in data.get("helper_memory", [])}
     for group in ("inproc", "cmdline"):
-        rows = [r for r in data["rows"] if r["group"] == group]
+        rows = [r for r in data["rows"] if r["group"] == group and not r["op"].endswith(FROZEN)]
         if not rows:
             continue
-        lines += ["", f"## {titles[group]}", "", "| op | N | path | median ms | min-max ms | ratio |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"## {titles[group]}", "",
+                  "| op | N | path | median ms | min-max ms | ratio | frozen ms | helper peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in sorted(rows, key=lambda r: (r["op"] != "restore", r["n"], "(native" not in r["path"], r["path"])):
             ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+            still = frozen.get((group, r["path"], r["op"], r["n"]))
+            mem = memory.get(r["path"])
+            rss = "-" if mem is None else f"{mem['own'] / MiB:.1f}; child {mem['child'] / MiB:.1f}"
             lines.append(f"| {r['op']} | {r['n']} | {r['path']} | {r['median'] * 1e3:.1f} | "
-                         f"{r['min'] * 1e3:.1f}-{r['max'] * 1e3:.1f} | {ratio} |")
+                         f"{r['min'] * 1e3:.1f}-{r['max'] * 1e3:.1f} | {ratio} | "
+                         f"{'-' if still is None else f'{still * 1e3:.1f}'} | {rss} |")
+    lines += ["", "frozen ms: median time the tree is frozen, from CRIU's log: a dump from seizing the tree to "
+              "unfreezing it, a restore from forking its root task to resuming it. Helper peak RSS: "
+              "`criu-macvlan serve` and the largest of its children (which share its pages), over the whole run."]
     lines += ["", "## Hooks alone (the shim, outside CRIU)", "",
               "| action | N | median ms | min-max ms | peak RSS MiB | runs |", "|---|---|---|---|---|---|"]
     for h in data["hooks"]:
@@ -915,6 +976,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # restored trees become ours to reap
     samples: Sample = {}
     hooks: dict[str, dict[str, HookStats]] = {}
+    helper_memory: list[dict[str, Any]] = []
     native_error: str | None = None
     started = time.monotonic()
     lab = Lab()
@@ -928,9 +990,15 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         for n in ns:
             run_chains(lab, [s for s in specs if s.only_n in (None, n)], n, small_runs if n <= SMALL_N else runs,
                        warmup and n == ns[0], samples)
-        for server in lab.servers:  # criu-macvlan serve's memory counts as the hook's (its children share it)
-            if (hwm := process_hwm(server.pid)) is not None:
-                hooks.setdefault("criu-macvlan serve (the helper)", {}).setdefault("1", HookStats()).rss.append(hwm)
+        for helper in lab.helpers:  # criu-macvlan serve's memory counts as the hook's (its children share it)
+            hwm = process_hwm(helper.proc.pid)
+            own, child = helper.stop()
+            own = own or hwm
+            for label, value in (("criu-macvlan serve (the helper)", own), ("its largest child", child)):
+                if value is not None:
+                    hooks.setdefault(label, {}).setdefault("1", HookStats()).rss.append(value)
+            if own is not None and child is not None:
+                helper_memory.append({"path": SERVED, "own": own, "child": child})
         if "actions" in groups:
             bench_hooks(lab, ns, runs, hooks)
     finally:
@@ -953,6 +1021,7 @@ def run(ns: list[int], runs: int, groups: list[str], out: str, warmup: bool = Tr
         "targets": build_targets(samples, hooks) + downtime_targets(downtime),
         "downtime": downtime,
         "bounds": build_bounds(samples),
+        "helper_memory": helper_memory,
         "rows": build_rows(samples),
         "hooks": hook_rows,
         "samples": samples,

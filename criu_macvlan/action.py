@@ -14,10 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .errors import CriuMacvlanError, ExitCode, HookError, ImageError, printable
 
+if TYPE_CHECKING:
+    from .manager import Hooks
+
 PROG = "criu-macvlan-action"
+_warm: dict[str, Hooks] = {}  # see keep_warm
 
 
 class _Printable(logging.Formatter):
@@ -36,6 +41,27 @@ def _log() -> logging.Logger:
     return log
 
 
+def keep_warm(hooks: Hooks) -> None:
+    """Run this process's later actions (and its forks') with ``hooks``, not a manager built anew each time.
+
+    For a process that serves many actions (``serve``, the warm helper): like the
+    modules it imported, it keeps the plugins it loaded when it started. A set with
+    plugins disabled is not kept: it is not what the installation handles.
+    """
+    if not hooks.partial:
+        _warm["hooks"] = hooks
+
+
+def _hooks() -> Hooks:
+    from .manager import disabled_from_env, plugin_manager, write_actions_cache
+
+    hooks = _warm.get("hooks")
+    if hooks is None or disabled_from_env():  # a request of its own CRIU_MACVLAN_DISABLE: the set it asks for
+        hooks = plugin_manager()
+        write_actions_cache(hooks)
+    return hooks
+
+
 def run(env: os._Environ[str] | dict[str, str]) -> int:
     from .hookspecs import ACTIONS
 
@@ -48,11 +74,9 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
         return ExitCode.OK
     from . import criuconf
     from .context import ActionContext, ImagesDir, Mode
-    from .manager import plugin_manager, write_actions_cache
 
     log = _log()
-    hooks = plugin_manager()
-    write_actions_cache(hooks)
+    hooks = _hooks()
     path = env.get("CRTOOLS_IMAGE_DIR", "")
     if not path:
         raise CriuMacvlanError("CRTOOLS_IMAGE_DIR is not set")
@@ -89,6 +113,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
         if action == "pre-dump" and env_pid is not None:
             from . import warm
 
+            keep_warm(hooks)  # for the helper forked now
             helper = warm.start(criu_pid)
             if helper is not None:
                 log.debug("warm helper %d serves the later actions of criu %d", helper, criu_pid)

@@ -13,17 +13,29 @@ the helper and the shim alike), mode 0700, root only:
 
 * the helper keeps the FIFO ``req`` open read-write and writes its pid to ``pid``;
 * the shim (``hooks/criu-macvlan-action``) checks that the directory and ``req``
-  are root's alone (owner root, mode 0700 and 0600, no symlink), creates a FIFO
-  ``rep.<its pid>``, holds it open read-write, writes its pid as one line to
-  ``req`` and reads from ``rep.<its pid>`` the line ``pid <child>`` (the child
-  running its action: the shim falls back to Python at once if that child dies),
-  then the action's exit code;
+  are root's alone (owner root, mode 0700 and 0600, no symlink), and writes one
+  line ``<its pid> <reader>`` to ``req``: ``reader`` is a process of the shim's
+  whose stdin is a pipe it also holds open for writing;
+* a child the helper forked ahead of time reads the request from ``req`` itself
+  (so that neither the fork nor a hand-over is on the shim's clock; the helper
+  then forks the next one), opens that pipe for writing (``/proc/<reader>/fd/0``,
+  the reader descending from the shim) and answers ``pid <child>``, on
+  which the shim drops its own write end: from then on the child alone holds the
+  pipe, so the shim reads the action's exit code from it, or an end of file if
+  the child dies first (then the shim falls back to Python);
 * the child takes everything else from the shim process itself: its environment
   (``CRTOOLS_*`` and the rest, exactly what a Python start would see), its stderr
   (CRIU's log) and its parent (the CRIU process, which must own the images dir
   named by ``CRTOOLS_IMAGE_DIR``). A request that does not check out is
   answered ``refused``: the shim then runs the action itself, as it does when no
   helper runs or none answers.
+
+Started by systemd (socket activation, ``examples/criu-macvlan.socket``), the
+helper finds ``req`` made and held by systemd, passed as fd 3 (``LISTEN_FDS``);
+the socket unit writes ``1`` to ``pid``: systemd (pid 1) holds ``req`` and starts
+the helper on the first request, which then waits in the FIFO. The helper leaves
+the directory and the FIFO to systemd when it exits (after ``--idle-timeout``),
+and writes ``1`` back to ``pid``.
 
 The helper runs the code it imported when it started: restart it after upgrading
 criu-macvlan or its plugins.
@@ -32,14 +44,18 @@ criu-macvlan or its plugins.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import select
 import shutil
 import signal
+import socket
 import stat
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
+from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
 from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
 from .warm import private_dir, run_for_hook, write_pid
@@ -53,12 +69,16 @@ def serve_dir() -> str:
 
 
 def preload() -> None:
-    """Import everything an action needs, so that forked children start warm."""
+    """Import everything an action needs and load the plugins once, so that forked children start warm."""
+    import ctypes  # noqa: F401  # netlink's setns, on first use
+
     from . import action, criuconf, images, netdev, netlink, plugin  # noqa: F401
-    from .manager import plugin_manager
+    from .manager import plugin_manager, write_actions_cache
 
     netdev.netdev_entry_class()
-    plugin_manager()
+    hooks = plugin_manager()
+    write_actions_cache(hooks)
+    action.keep_warm(hooks)
 
 
 def serve(path: str | None = None, idle_timeout: float | None = None, ready: Callable[[], None] | None = None) -> int:
@@ -66,42 +86,71 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     path = path or serve_dir()
     if os.geteuid() != 0:
         raise UsageError("serve: must run as root (CRIU's action scripts run as root)")
-    dir_fd = _claim(path)
+    passed = listen_fd()
+    dir_fd = _claim(path) if passed is None else adopt(path, passed)
 
     def on_signal(signum: int, frame: object) -> None:
         raise _Stop
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    # Children are reaped by the kernel: a killed one vanishes at once, and the shim waiting
-    # on it (kill -0) sees that.
-    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    # Reaped as they exit (a shim sees its child's death as the end of its pipe): waited
+    # for, so that their peak memory counts in our RUSAGE_CHILDREN, logged at exit.
+    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _reap)
+    if passed is None:
+        req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    else:
+        req = passed
+        os.set_blocking(req, False)
+    spare: _Spare | None = None
     try:
         preload()
+        gc.freeze()  # the children's collections then leave the loaded objects (and their pages) alone
         write_pid(dir_fd)
         if ready is not None:
             ready()
-        poller = select.poll()
-        poller.register(req, select.POLLIN)
-        pending = b""
         timeout = -1 if idle_timeout is None else int(idle_timeout * 1000)
-        while poller.poll(timeout):
-            with contextlib.suppress(BlockingIOError):
-                pending += os.read(req, 4096)
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                token = line.decode("ascii", "replace").strip()
-                if token.isdigit():
-                    _fork_handler(dir_fd, int(token))
+        while True:
+            spare = _Spare.fork(req)
+            if spare is None:  # no child to serve the next request: refuse it, the shim runs Python
+                if not _poll(req, timeout):
+                    break
+                _refuse(_read_line(req))
+            elif not spare.wait(timeout):
+                break
+            spare = None  # it took a request (or died): the next one
         return 0  # idle
     except _Stop:
         return 0
     finally:
+        if spare is not None:
+            spare.close()  # it exits, unused
         os.close(req)
+        if passed is not None:  # systemd's again: it starts us on the next request
+            with contextlib.suppress(OSError):
+                write_pid(dir_fd, SYSTEMD_PID)
         os.close(dir_fd)
         for s, handler in old.items():
             signal.signal(s, handler)
-        shutil.rmtree(path, ignore_errors=True)
+        if passed is None:
+            shutil.rmtree(path, ignore_errors=True)
+        _log_peak_memory()
+
+
+def _reap(signum: int = 0, frame: object = None) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
+def _log_peak_memory() -> None:
+    """With ``CRIU_MACVLAN_DEBUG``: our peak RSS and the largest of our children's (the bench reads it)."""
+    if os.environ.get("CRIU_MACVLAN_DEBUG", "") in ("", "0"):
+        return
+    import resource
+
+    _reap()
+    own, child = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(f"criu-macvlan: serve: peak RSS {own} KiB, of a child {child} KiB", file=sys.stderr, flush=True)
 
 
 class _Stop(Exception):
@@ -162,21 +211,105 @@ def _pid_in(path: str) -> int:
         os.close(fd)
 
 
-def _fork_handler(dir_fd: int, token: int) -> None:
-    child = os.fork()
-    if child != 0:
-        _reply(dir_fd, token, f"pid {child}")  # the shim watches that child from now on
-        return
-    code = 1
-    try:  # pragma: no cover - the forked child (tested end to end)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-            signal.signal(s, signal.SIG_DFL)
+class _Spare:
+    """A child forked ahead of the request it serves: it reads ``req`` itself, so that neither our fork
+    nor our reading and handing over is on the clock of a waiting shim."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl  # it says here when it has taken a request; closed: it exits unused
+
+    @classmethod
+    def fork(cls, req: int) -> _Spare | None:
+        """A new spare; ``None`` if the fork fails."""
+        ours, its = socket.socketpair()
+        stops = {signal.SIGTERM, signal.SIGINT}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop must never run our handler in the child
+        pid = -1
         try:
-            handle(dir_fd, token)
-            code = 0
-        except BaseException:
-            _reply(dir_fd, token, "refused")  # the hook runs Python rather than wait for its timeout
-            raise
+            pid = os.fork()
+        except OSError:
+            ours.close()
+            its.close()
+            return None
+        finally:
+            if pid != 0:  # the child unblocks them once its handlers are the defaults
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        if pid == 0:  # pragma: no cover - the forked child (tested end to end)
+            ours.close()
+            _serve_one(req, its.fileno(), stops)
+        its.close()
+        return cls(ours)
+
+    def wait(self, timeout: int) -> bool:
+        """``True`` once it has taken a request (or died), ``False`` after ``timeout`` ms without."""
+        try:
+            return _poll(self.ctl.fileno(), timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.ctl.close()
+
+
+def _poll(fd: int, timeout: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(timeout))
+
+
+def _read_line(req: int) -> bytes:
+    """One request line from ``req``, read a byte at a time: the next line is the next child's."""
+    line = b""
+    with contextlib.suppress(BlockingIOError):  # a line is written whole: nothing more means a stray
+        while not line.endswith(b"\n") and len(line) < 256:
+            byte = os.read(req, 1)
+            if not byte:
+                break
+            line += byte
+    return line
+
+
+def _request(line: bytes) -> tuple[int, int] | None:
+    """``(token, reader)`` of a request line."""
+    words = line.split()
+    return (int(words[0]), int(words[1])) if len(words) == 2 and all(w.isdigit() for w in words) else None
+
+
+def _refuse(line: bytes) -> None:
+    if (request := _request(line)) is not None and (rep := _open_reply(*request)) is not None:
+        _answer(rep, "refused")
+        os.close(rep)
+
+
+def _serve_one(req: int, ctl: int, stops: set[signal.Signals]) -> NoReturn:  # pragma: no cover
+    """The spare child: take the next request from ``req`` (unless ``ctl`` closes first), run it, exit."""
+    code = 1
+    try:
+        for s in (*stops, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        poller = select.poll()
+        poller.register(req, select.POLLIN)
+        poller.register(ctl, select.POLLIN)
+        request = None
+        while request is None:
+            if any(fd == ctl for fd, _ in poller.poll()):
+                os._exit(0)  # unused: the service stopped
+            request = _request(_read_line(req))
+        os.write(ctl, b"!")  # the service forks the next spare
+        os.close(ctl)
+        os.close(req)
+        rep = _open_reply(*request)
+        if rep is None:
+            code = 0  # the shim gave up
+        else:
+            _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own write end on it
+            try:
+                handle(rep, request[0])
+                code = 0
+            except BaseException:
+                _answer(rep, "refused")  # the hook runs Python rather than wait
+                raise
     finally:
         sys.stderr.flush()
         os._exit(code)
@@ -187,8 +320,8 @@ def shim_request(token: int) -> dict[str, str] | None:
     try:
         with open(f"/proc/{token}/environ", "rb") as f:
             raw = f.read()
-        with open(f"/proc/{token}/stat", encoding="ascii", errors="replace") as f:
-            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{token}/stat", "rb") as f:
+            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
     env: dict[str, str] = {}
@@ -202,8 +335,14 @@ def shim_request(token: int) -> dict[str, str] | None:
     return env
 
 
-def handle(dir_fd: int, token: int) -> None:
-    """In the forked child: run the action of shim ``token`` and answer it (``refused``: it runs Python)."""
+def _ppid(pid: int) -> int:
+    """The parent of ``pid``; ``OSError`` if there is no such process, ``ValueError`` if unreadable."""
+    with open(f"/proc/{pid}/stat", "rb") as f:  # bytes: no codec to import in every child
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def handle(rep: int, token: int) -> None:
+    """In the forked child: run the action of shim ``token`` and answer it on ``rep`` (``refused``: it runs Python)."""
     env = shim_request(token)
     code = None
     if env is not None:
@@ -211,20 +350,35 @@ def handle(dir_fd: int, token: int) -> None:
         os.environ.clear()
         os.environ.update(env)
         code = run_for_hook(token, env, f"criu-macvlan serve (pid {os.getppid()})")
-    _reply(dir_fd, token, "refused" if code is None else str(code))
+    _answer(rep, "refused" if code is None else str(code))
 
 
-def _reply(dir_fd: int, token: int, answer: str) -> None:
-    """Write ``answer`` to the shim's FIFO, if it is one of root's (the shim made it)."""
-    try:  # the shim holds the FIFO open: this never blocks; ENXIO if it gave up
-        rep = os.open(f"rep.{token}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return
+def _open_reply(token: int, reader: int) -> int | None:
+    """The pipe on which the shim ``token`` waits, opened for writing; ``None`` if it is not one.
+
+    ``reader`` must be the shim or a process it started (at most two forks down),
+    and its stdin a pipe: the only place an answer is written to.
+    """
     try:
-        st = os.fstat(rep)
-        if stat.S_ISFIFO(st.st_mode) and _root_only(st, 0o600):
-            os.write(rep, f"{answer}\n".encode("ascii"))
+        pid = reader
+        for _ in range(3):
+            if pid == token:
+                break
+            pid = _ppid(pid)
+        else:
+            return None
+        rep = os.open(f"/proc/{reader}/fd/0", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        if stat.S_ISFIFO(os.fstat(rep).st_mode):
+            return rep
     except OSError:
         pass
-    finally:
-        os.close(rep)
+    os.close(rep)
+    return None
+
+
+def _answer(rep: int, answer: str) -> None:
+    with contextlib.suppress(OSError):  # the shim is gone
+        os.write(rep, f"{answer}\n".encode("ascii"))

@@ -73,12 +73,8 @@ def start(criu_pid: int) -> int | None:
         try:
             os.close(rd)
             os.setsid()
-            helper = os.fork()
-            if helper == 0:
-                os.close(wr)
-                _serve(criu_pid, path, *fds)
-            else:
-                os.write(wr, f"{helper}\n".encode())
+            if os.fork() == 0:  # the helper says its pid itself, once its pid file is there for the shim
+                _serve(criu_pid, path, wr, *fds)
         except BaseException:
             code = 1
         os._exit(code)
@@ -94,14 +90,14 @@ def start(criu_pid: int) -> int | None:
     return int(answer)
 
 
-def _serve(criu_pid: int, path: str, pidfd: int, req: int, rep: int) -> None:  # pragma: no cover - forked
-    """The helper's loop; never returns."""
+def _serve(criu_pid: int, path: str, ready: int, pidfd: int, req: int, rep: int) -> None:  # pragma: no cover
+    """The helper's loop (forked); never returns. Its pid goes to ``ready`` once its pid file is written."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on a plain kill too
     try:
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):  # stderr too: a caller reading CRIU's stderr must see EOF when CRIU exits
             os.dup2(null, fd)
-        keep = {0, 1, 2, null, pidfd, req, rep}
+        keep = {0, 1, 2, null, ready, pidfd, req, rep}
         for fd in map(int, os.listdir("/proc/self/fd")):
             if fd not in keep:
                 with contextlib.suppress(OSError):  # the listing's own fd
@@ -109,6 +105,8 @@ def _serve(criu_pid: int, path: str, pidfd: int, req: int, rep: int) -> None:  #
         dir_fd = private_dir(path)
         write_pid(dir_fd)
         os.close(dir_fd)
+        os.write(ready, f"{os.getpid()}\n".encode())
+        os.close(ready)
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         poller.register(req, select.POLLIN)
@@ -186,8 +184,8 @@ def private_dir(path: str) -> int:
     return fd
 
 
-def write_pid(dir_fd: int) -> None:
-    """Announce this helper: ``pid`` in ``dir_fd``, written whole (the shim reads it to see the helper lives).
+def write_pid(dir_fd: int, pid: int | None = None) -> None:
+    """Announce this helper (or ``pid``): file ``pid`` in ``dir_fd``, written whole (the shim checks it lives).
 
     Created exclusively without following a symlink, then renamed into place.
     """
@@ -196,7 +194,7 @@ def write_pid(dir_fd: int) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open("pid.tmp", flags, 0o600, dir_fd=dir_fd)
     try:
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        os.write(fd, f"{pid or os.getpid()}\n".encode("ascii"))
     finally:
         os.close(fd)
     os.rename("pid.tmp", "pid", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

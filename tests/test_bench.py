@@ -39,6 +39,12 @@ def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
         assert 0 < row["min"] <= row["median"] <= row["max"]
         if "(native" in row["path"]:
             assert row["ratio"] == pytest.approx(1.0)
+    frozen = {(r["path"], r["op"]) for r in data["rows"] if r["op"].endswith(bench.FROZEN)}
+    for path in ("criu (native)", "criu --action-script", bench.SERVED):  # from CRIU's -v3 log
+        assert {(path, "dump" + bench.FROZEN), (path, "restore" + bench.FROZEN)} <= frozen
+    [memory] = data["helper_memory"]  # serve's peak RSS and its largest child's, from its exit line
+    assert memory["path"] == bench.SERVED and memory["own"] > 0 and memory["child"] > 0
+    assert "| frozen ms | helper peak RSS MiB |" in (out / "latest.md").read_text()
     actions = {h["action"] for h in data["hooks"]}
     assert {"pre-dump", "post-dump", "setup-namespaces"} <= actions
     assert any(a.startswith("unhandled") for a in actions)

@@ -125,7 +125,7 @@ def test_a_refused_request_falls_back_to_python_at_once(tmp_path: Path,
 def test_the_systemd_unit_runs_the_serve_command() -> None:
     unit = (Path(__file__).resolve().parents[1] / "examples" / "criu-macvlan.service").read_text()
     exec_start = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
-    assert exec_start.split("=", 1)[1].split()[1:] == ["serve"]
+    assert exec_start.split("=", 1)[1].split()[1:] == ["serve", "--idle-timeout", "600"]
     res = subprocess.run([str(CLI), "serve", "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert res.returncode == 0 and "--idle-timeout" in res.stdout
 
