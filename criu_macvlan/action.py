@@ -111,12 +111,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             # the shell hook answers a repeated delivery of this action from the marker
             delivered.record(env_pid, action)
         if action == "pre-dump" and env_pid is not None:
-            from . import warm
-
-            keep_warm(hooks)  # for the helper forked now
-            helper = warm.start(criu_pid)
-            if helper is not None:
-                log.debug("warm helper %d serves the later actions of criu %d", helper, criu_pid)
+            keep_warm(hooks)  # for the per-dump helper the hook's entry point forks next (criu_macvlan.hook)
     finally:
         if images.fd >= 0:
             images.close()
