@@ -1,4 +1,5 @@
-"""Entry point of ``hooks/criu-macvlan-action``: one CRIU action, then exit.
+"""One CRIU action: what ``hooks/criu-macvlan-action`` (through :mod:`criu_macvlan.hook`), ``serve`` and
+the per-dump helper run.
 
 CRIU runs the action script with ``CRTOOLS_SCRIPT_ACTION`` (the action),
 ``CRTOOLS_IMAGE_DIR`` (``/proc/<criu>/fd/<n>``, the images directory) and, once

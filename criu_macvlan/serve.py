@@ -39,6 +39,9 @@ and writes ``1`` back to ``pid``.
 
 The helper runs the code it imported when it started: restart it after upgrading
 criu-macvlan or its plugins.
+
+The per-dump helper ``pre-dump`` leaves (:mod:`criu_macvlan.warm`) is this
+request loop scoped to one CRIU process (:func:`run_loop` with ``criu_pid``).
 """
 
 from __future__ import annotations
