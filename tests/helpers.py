@@ -31,6 +31,7 @@ from devtools.tree import start_tree
 REPO = Path(__file__).resolve().parents[1]
 ACTION_SCRIPT = REPO / "hooks" / "criu-macvlan-action"
 CRIU = shutil.which("criu") or "/usr/sbin/criu"
+SCRIPT = ["--action-script", str(ACTION_SCRIPT)]  # criu's options that run our hook
 _counter = itertools.count()
 
 
@@ -354,3 +355,8 @@ def stop_serve(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def env_for(serve_dir: str) -> dict[str, str]:
+    """The environment of a criu whose hook asks the ``criu-macvlan serve`` of ``serve_dir``."""
+    return {**os.environ, "CRIU_MACVLAN_SERVE_DIR": serve_dir, "CRIU_MACVLAN_DEBUG": "1"}
