@@ -11,6 +11,7 @@ never from each other.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import itertools
 import json
 import os
@@ -31,6 +32,7 @@ from devtools.tree import start_tree
 REPO = Path(__file__).resolve().parents[1]
 ACTION_SCRIPT = REPO / "hooks" / "criu-macvlan-action"
 CRIU = shutil.which("criu") or "/usr/sbin/criu"
+SCRIPT = ["--action-script", str(ACTION_SCRIPT)]  # criu's options that run our hook
 _counter = itertools.count()
 
 
@@ -354,3 +356,31 @@ def stop_serve(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def env_for(serve_dir: str) -> dict[str, str]:
+    """The environment of a criu whose hook asks the ``criu-macvlan serve`` of ``serve_dir``."""
+    return {**os.environ, "CRIU_MACVLAN_SERVE_DIR": serve_dir, "CRIU_MACVLAN_DEBUG": "1"}
+
+
+def engine_request(kind: str, images: Path, **opts: Any) -> Any:
+    """One request the way an engine sends it: pycriu's connection, rpc_pb2, no notify_scripts."""
+    rpc = importlib.import_module("pycriu.rpc_pb2")
+    comm = importlib.import_module("pycriu.criu")._criu_comm_bin(CRIU)
+    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        req = rpc.criu_req(type=getattr(rpc, kind))
+        req.opts.images_dir_fd = fd
+        for key, value in opts.items():
+            field = getattr(req.opts, key)
+            field.extend(value) if isinstance(value, list) else setattr(req.opts, key, value)
+        sk = comm.connect(False)
+        try:
+            sk.send(req.SerializeToString())
+            resp = rpc.criu_resp()
+            resp.ParseFromString(sk.recv(4096))
+        finally:
+            comm.disconnect()
+    finally:
+        os.close(fd)
+    return resp

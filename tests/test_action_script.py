@@ -7,11 +7,10 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers import ACTION_SCRIPT, FourLinks, Net, Procs, alive, criu, ip, leaked, link_names, links_json
+from helpers import ACTION_SCRIPT, SCRIPT, FourLinks, Net, Procs, alive, criu, ip, leaked, link_names, links_json
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 
 
 def dump(images: Path, pid: int, *extra: str) -> None:

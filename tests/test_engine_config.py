@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ACTION_SCRIPT, CRIU, FourLinks, Net, Procs, alive
+from helpers import ACTION_SCRIPT, FourLinks, Net, Procs, alive, engine_request
 
 from criu_macvlan import netdev
 
@@ -22,24 +22,9 @@ pytestmark = pytest.mark.integration
 
 
 def raw_request(kind: str, images: Path, **opts: Any) -> Any:
-    """One request the way an engine sends it: pycriu's connection, rpc_pb2, no notify_scripts."""
+    """:func:`engine_request`, which must succeed, with no NOTIFY (an engine without notify gets none)."""
     rpc = importlib.import_module("pycriu.rpc_pb2")
-    comm = importlib.import_module("pycriu.criu")._criu_comm_bin(CRIU)
-    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        req = rpc.criu_req(type=getattr(rpc, kind))
-        req.opts.images_dir_fd = fd
-        for key, value in opts.items():
-            setattr(req.opts, key, value)
-        sk = comm.connect(False)
-        try:
-            sk.send(req.SerializeToString())
-            resp = rpc.criu_resp()
-            resp.ParseFromString(sk.recv(4096))
-        finally:
-            comm.disconnect()
-    finally:
-        os.close(fd)
+    resp = engine_request(kind, images, **opts)
     assert resp.type == getattr(rpc, kind), "an engine without notify must get no NOTIFY"
     if not resp.success:
         log = images / opts.get("log_file", "criu.log")

@@ -8,40 +8,14 @@ engine config files and name them in its hint.
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, ip, unique
+from helpers import ACTION_SCRIPT, Net, Procs, alive, engine_request, ip, unique
 
 pytestmark = pytest.mark.integration
 OUR_CONF = "/etc/criu/criu-macvlan.conf"
-
-
-def request(kind: str, images: Path, **opts: Any) -> Any:
-    """One raw pycriu request without notify_scripts, as an engine sends it."""
-    rpc = importlib.import_module("pycriu.rpc_pb2")
-    comm = importlib.import_module("pycriu.criu")._criu_comm_bin(CRIU)
-    fd = os.open(images, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        req = rpc.criu_req(type=getattr(rpc, kind))
-        req.opts.images_dir_fd = fd
-        for key, value in opts.items():
-            field = getattr(req.opts, key)
-            field.extend(value) if isinstance(value, list) else setattr(req.opts, key, value)
-        sk = comm.connect(False)
-        try:
-            sk.send(req.SerializeToString())
-            resp = rpc.criu_resp()
-            resp.ParseFromString(sk.recv(4096))
-        finally:
-            comm.disconnect()
-    finally:
-        os.close(fd)
-    return resp
 
 
 def test_action_script_of_an_rpc_criu_takes_mappings_from_etc(
@@ -55,11 +29,12 @@ def test_action_script_of_an_rpc_criu_takes_mappings_from_etc(
     conf.write_text(f"action-script {ACTION_SCRIPT}\n")
     external = [f"macvlan[{mv}]:{parent}"]
     etc_files(OUR_CONF, "")  # no mapping on this host yet
-    resp = request("DUMP", images, pid=pid, log_file="dump.log", log_level=4, config_file=str(conf))
+    resp = engine_request("DUMP", images, pid=pid, log_file="dump.log", log_level=4, config_file=str(conf))
     assert resp.success and (images / "macvlan.img").exists()
 
     # the client names the parent in opts.external only: out of the script's sight
-    resp = request("RESTORE", images, log_file="restore1.log", log_level=4, config_file=str(conf), external=external)
+    resp = engine_request("RESTORE", images, log_file="restore1.log", log_level=4, config_file=str(conf),
+                          external=external)
     assert not resp.success
     log = (images / "restore1.log").read_text()
     assert (f"criu-macvlan-action: setup-namespaces: no parent given for macvlan[{mv}]:OUT: add "
@@ -67,7 +42,8 @@ def test_action_script_of_an_rpc_criu_takes_mappings_from_etc(
             "$CRIU_MACVLAN_CONFIG (an action script cannot see an RPC client's opts.external)") in log
 
     etc_files(OUR_CONF, f"external macvlan[{mv}]:{parent}\n")
-    resp = request("RESTORE", images, log_file="restore2.log", log_level=4, config_file=str(conf), external=external)
+    resp = engine_request("RESTORE", images, log_file="restore2.log", log_level=4, config_file=str(conf),
+                          external=external)
     assert resp.success, (images / "restore2.log").read_text()[-3000:]
     new = procs.adopt(resp.restore.pid)
     assert alive(new)

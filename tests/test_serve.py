@@ -9,16 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, links_json, start_serve, stop_serve, unique
+from helpers import ACTION_SCRIPT, SCRIPT, Net, Procs, alive, criu, env_for, links_json, start_serve, stop_serve, unique
 
 from criu_macvlan import serve
 
 CLI = Path(sys.executable).with_name("criu-macvlan")
-SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
-
-
-def env_for(path: str) -> dict[str, str]:
-    return {**os.environ, serve.DIR_ENV: path, "CRIU_MACVLAN_DEBUG": "1"}
 
 
 @pytest.mark.integration

@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CRIU, Net, Procs, criu, unique
-from test_action_script import links_json
-from test_serve import SCRIPT, env_for
+from helpers import CRIU, SCRIPT, Net, Procs, criu, env_for, links_json, unique
 
 from criu_macvlan import serve
 
