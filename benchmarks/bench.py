@@ -603,10 +603,10 @@ def stand_in_criu(images: str) -> subprocess.Popen[bytes]:
 
 def helper_hwm(criu_pid: int) -> int | None:
     """Peak RSS (bytes) of the warm helper of ``criu_pid`` so far, if there is one."""
-    from criu_macvlan import warm
+    from criu_macvlan.rundir import per_dump_dir
 
     try:
-        pid = Path(warm.runtime_dir(criu_pid), "pid").read_text().strip()
+        pid = Path(per_dump_dir(criu_pid), "pid").read_text().strip()
     except OSError:
         return None
     return process_hwm(int(pid))

@@ -1,4 +1,5 @@
-"""Entry point of ``hooks/criu-macvlan-action``: one CRIU action, then exit.
+"""One CRIU action: what ``hooks/criu-macvlan-action`` (through :mod:`criu_macvlan.hook`), ``serve`` and
+the per-dump helper run.
 
 CRIU runs the action script with ``CRTOOLS_SCRIPT_ACTION`` (the action),
 ``CRTOOLS_IMAGE_DIR`` (``/proc/<criu>/fd/<n>``, the images directory) and, once
@@ -111,12 +112,7 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             # the shell hook answers a repeated delivery of this action from the marker
             delivered.record(env_pid, action)
         if action == "pre-dump" and env_pid is not None:
-            from . import warm
-
-            keep_warm(hooks)  # for the helper forked now
-            helper = warm.start(criu_pid)
-            if helper is not None:
-                log.debug("warm helper %d serves the later actions of criu %d", helper, criu_pid)
+            keep_warm(hooks)  # for the per-dump helper the hook's entry point forks next (criu_macvlan.hook)
     finally:
         if images.fd >= 0:
             images.close()

@@ -13,7 +13,7 @@ import os
 import stat
 
 from .errors import UsageError
-from .warm import private_dir
+from .rundir import private_dir
 
 LISTEN_FDS_START = 3  # sd_listen_fds(3): the first passed fd
 SYSTEMD_PID = 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .warm import RUN_DIR
+from .rundir import RUN_DIR
 
 DONE = "done"
 DONE_DIR = f"{RUN_DIR}/{DONE}"

@@ -39,12 +39,16 @@ and writes ``1`` back to ``pid``.
 
 The helper runs the code it imported when it started: restart it after upgrading
 criu-macvlan or its plugins.
+
+The per-dump helper ``pre-dump`` leaves (:mod:`criu_macvlan.warm`) is this
+request loop scoped to one CRIU process (:func:`run_loop` with ``criu_pid``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import select
 import shutil
@@ -55,13 +59,14 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from .action import main as run_action
 from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
-from .warm import DISABLE_ENV as DISABLE_HELPER_ENV
-from .warm import private_dir, run_for_hook, write_pid
+from .rundir import NO_HELPER_ENV, private_dir, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
 DIR_ENV = "CRIU_MACVLAN_SERVE_DIR"
+PER_DUMP_ACTIONS = ("post-dump", "network-unlock")  # what a helper scoped to one CRIU process serves
 
 
 def serve_dir() -> str:
@@ -95,35 +100,23 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     # Reaped as they exit (a shim sees its child's death as the end of its pipe): waited
     # for, so that their peak memory counts in our RUSAGE_CHILDREN, logged at exit.
-    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _reap)
+    old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, reap)
     if passed is None:
         req = os.open("req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     else:
         req = passed
         os.set_blocking(req, False)
-    spare: _Spare | None = None
     try:
         preload()
         gc.freeze()  # the children's collections then leave the loaded objects (and their pages) alone
         write_pid(dir_fd)
         if ready is not None:
             ready()
-        timeout = -1 if idle_timeout is None else int(idle_timeout * 1000)
-        while True:
-            spare = _Spare.fork(req)
-            if spare is None:  # no child to serve the next request: refuse it, the shim runs Python
-                if not _poll(req, timeout):
-                    break
-                _refuse(_read_line(req))
-            elif not spare.wait(timeout):
-                break
-            spare = None  # it took a request (or died): the next one
+        run_loop(req, -1 if idle_timeout is None else int(idle_timeout * 1000))
         return 0  # idle
     except _Stop:
         return 0
     finally:
-        if spare is not None:
-            spare.close()  # it exits, unused
         os.close(req)
         if passed is not None:  # systemd's again: it starts us on the next request
             with contextlib.suppress(OSError):
@@ -136,7 +129,30 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         _log_peak_memory()
 
 
-def _reap(signum: int = 0, frame: object = None) -> None:
+def run_loop(req: int, timeout: int, criu_pid: int | None = None, pidfd: int | None = None) -> None:
+    """Serve the requests written to ``req``, each in a spare child, until ``timeout`` ms without one.
+
+    Scoped to CRIU process ``criu_pid`` (the helper pre-dump leaves): only its
+    ``PER_DUMP_ACTIONS`` are served, and the loop ends when ``pidfd`` (of that
+    process) says it exited.
+    """
+    spare: _Spare | None = None
+    try:
+        while True:
+            spare = _Spare.fork(req, criu_pid)
+            if spare is None:  # no child to serve the next request: refuse it, the shim runs Python
+                if not _poll(req, timeout, pidfd):
+                    break
+                _refuse(_read_line(req))
+            elif not spare.wait(timeout, pidfd):
+                break
+            spare = None  # it took a request (or died): the next one
+    finally:
+        if spare is not None:
+            spare.close()  # it exits, unused
+
+
+def reap(signum: int = 0, frame: object = None) -> None:
     with contextlib.suppress(ChildProcessError):
         while os.waitpid(-1, os.WNOHANG)[0] > 0:
             pass
@@ -148,7 +164,7 @@ def _log_peak_memory() -> None:
         return
     import resource
 
-    _reap()
+    reap()
     own, child = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     print(f"criu-macvlan: serve: peak RSS {own} KiB, of a child {child} KiB", file=sys.stderr, flush=True)
 
@@ -219,8 +235,8 @@ class _Spare:
         self.ctl = ctl  # it says here when it has taken a request; closed: it exits unused
 
     @classmethod
-    def fork(cls, req: int) -> _Spare | None:
-        """A new spare; ``None`` if the fork fails."""
+    def fork(cls, req: int, criu_pid: int | None) -> _Spare | None:
+        """A new spare (serving only CRIU process ``criu_pid``'s actions, if given); ``None`` if the fork fails."""
         ours, its = socket.socketpair()
         stops = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # a stop must never run our handler in the child
@@ -236,14 +252,14 @@ class _Spare:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         if pid == 0:  # pragma: no cover - the forked child (tested end to end)
             ours.close()
-            _serve_one(req, its.fileno(), stops)
+            _serve_one(req, its.fileno(), stops, criu_pid)
         its.close()
         return cls(ours)
 
-    def wait(self, timeout: int) -> bool:
-        """``True`` once it has taken a request (or died), ``False`` after ``timeout`` ms without."""
+    def wait(self, timeout: int, stop: int | None = None) -> bool:
+        """``True`` once it has taken a request (or died), ``False`` after ``timeout`` ms without or on ``stop``."""
         try:
-            return _poll(self.ctl.fileno(), timeout)
+            return _poll(self.ctl.fileno(), timeout, stop)
         finally:
             self.close()
 
@@ -251,10 +267,14 @@ class _Spare:
         self.ctl.close()
 
 
-def _poll(fd: int, timeout: int) -> bool:
+def _poll(fd: int, timeout: int, stop: int | None = None) -> bool:
+    """``fd`` is readable within ``timeout`` ms, and ``stop`` (a pidfd) is not."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(timeout))
+    if stop is not None:
+        poller.register(stop, select.POLLIN)
+    ready = {f for f, _ in poller.poll(timeout)}
+    return fd in ready and stop not in ready
 
 
 def _read_line(req: int) -> bytes:
@@ -281,7 +301,7 @@ def _refuse(line: bytes) -> None:
         os.close(rep)
 
 
-def _serve_one(req: int, ctl: int, stops: set[signal.Signals]) -> NoReturn:  # pragma: no cover
+def _serve_one(req: int, ctl: int, stops: set[signal.Signals], criu_pid: int | None) -> NoReturn:  # pragma: no cover
     """The spare child: take the next request from ``req`` (unless ``ctl`` closes first), run it, exit."""
     code = 1
     try:
@@ -305,7 +325,7 @@ def _serve_one(req: int, ctl: int, stops: set[signal.Signals]) -> NoReturn:  # p
         else:
             _answer(rep, f"pid {os.getpid()}")  # before any other answer: the shim drops its own write end on it
             try:
-                handle(rep, request[0])
+                handle(rep, request[0], criu_pid)
                 code = 0
             except BaseException:
                 _answer(rep, "refused")  # the hook runs Python rather than wait
@@ -315,8 +335,11 @@ def _serve_one(req: int, ctl: int, stops: set[signal.Signals]) -> NoReturn:  # p
         os._exit(code)
 
 
-def shim_request(token: int) -> dict[str, str] | None:
-    """The environment of the waiting shim ``token``, if its request checks out (its parent owns the images dir)."""
+def shim_request(token: int, criu_pid: int | None = None) -> dict[str, str] | None:
+    """The environment of the waiting shim ``token``, if its request checks out (its parent owns the images dir).
+
+    With ``criu_pid``: only that CRIU process's ``PER_DUMP_ACTIONS``.
+    """
     try:
         with open(f"/proc/{token}/environ", "rb") as f:
             raw = f.read()
@@ -330,7 +353,10 @@ def shim_request(token: int) -> dict[str, str] | None:
         if sep:
             env[os.fsdecode(key)] = os.fsdecode(value)
     images = env.get("CRTOOLS_IMAGE_DIR", "")
-    if not env.get("CRTOOLS_SCRIPT_ACTION") or not images.startswith(f"/proc/{ppid}/fd/"):
+    action = env.get("CRTOOLS_SCRIPT_ACTION", "")
+    if not action or not images.startswith(f"/proc/{ppid}/fd/"):
+        return None
+    if criu_pid is not None and (ppid != criu_pid or action not in PER_DUMP_ACTIONS):
         return None
     return env
 
@@ -341,16 +367,43 @@ def _ppid(pid: int) -> int:
         return int(f.read().rsplit(b")", 1)[1].split()[1])
 
 
-def handle(rep: int, token: int) -> None:
-    """In the forked child: run the action of shim ``token`` and answer it on ``rep`` (``refused``: it runs Python)."""
-    env = shim_request(token)
+def handle(rep: int, token: int, criu_pid: int | None = None) -> None:
+    """In the forked child: run the action of shim ``token`` and answer it on ``rep`` (``refused``: it runs Python).
+
+    ``criu_pid``: the helper is the one pre-dump left for that CRIU process.
+    """
+    env = shim_request(token, criu_pid)
     code = None
     if env is not None:
-        env[DISABLE_HELPER_ENV] = "1"  # pre-dump: no per-dump helper, we serve post-dump too
+        env[NO_HELPER_ENV] = "1"  # pre-dump served here: no per-dump helper, we serve post-dump too
         os.environ.clear()
         os.environ.update(env)
-        code = run_for_hook(token, env, f"criu-macvlan serve (pid {os.getppid()})")
+        helper = f"criu-macvlan serve (pid {os.getppid()})" if criu_pid is None else f"warm helper {os.getppid()}"
+        code = run_for_hook(token, env, helper)
     _answer(rep, "refused" if code is None else str(code))
+
+
+def run_for_hook(token: int, env: dict[str, str], helper: str) -> int | None:
+    """Run ``env``'s action for the waiting hook process ``token``; its exit code.
+
+    The action's messages go to the hook's stderr (CRIU's log, opened ``O_APPEND``
+    as CRIU does), as if the hook ran the action itself. ``None`` if that stderr
+    cannot be opened (e.g. a socket): the hook then runs the action itself.
+    """
+    try:
+        err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+    except OSError:
+        return None
+    os.dup2(err, 2)
+    os.close(err)
+    try:
+        code = run_action(env)
+        logging.getLogger("criu_macvlan").debug(
+            "%s ran %s: exit code %d", helper, env["CRTOOLS_SCRIPT_ACTION"], code
+        )
+    finally:
+        sys.stderr.flush()
+    return code
 
 
 def _open_reply(token: int, reader: int) -> int | None:

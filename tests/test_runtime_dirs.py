@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, criu_stand_in, links_json, read_line, unique
 
-from criu_macvlan import serve, warm
+from criu_macvlan import rundir, serve
 
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
@@ -215,9 +215,9 @@ def test_pid_files_are_not_written_through_symlinks(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir(mode=0o700)
     (run_dir / "pid.tmp").symlink_to(victim)
-    fd = warm.private_dir(str(run_dir))
+    fd = rundir.private_dir(str(run_dir))
     try:
-        warm.write_pid(fd)
+        rundir.write_pid(fd)
     finally:
         os.close(fd)
     assert victim.read_text() == "root's own\n"
@@ -225,7 +225,7 @@ def test_pid_files_are_not_written_through_symlinks(tmp_path: Path) -> None:
     assert sorted(os.listdir(run_dir)) == ["pid"]
     run_dir.chmod(0o755)
     with pytest.raises(PermissionError):  # not ours alone: nothing is written there
-        warm.private_dir(str(run_dir))
+        rundir.private_dir(str(run_dir))
 
 
 def test_the_shared_caches_are_not_written_through_symlinks(tmp_path: Path) -> None:
@@ -247,10 +247,9 @@ def test_the_shared_caches_are_not_written_through_symlinks(tmp_path: Path) -> N
 
 
 def stale_dir(pid: int, mtime: float | None = None) -> Path:
-    path = Path(warm.runtime_dir(pid))
+    path = Path(rundir.per_dump_dir(pid))
     path.mkdir(mode=0o700, parents=True)
-    for name in ("req", "rep"):
-        os.mkfifo(path / name, 0o600)
+    os.mkfifo(path / "req", 0o600)
     (path / "pid").write_text(f"{pid}\n")
     if mtime is not None:
         os.utime(path, (mtime, mtime))
@@ -272,7 +271,7 @@ def test_pre_dump_sweeps_the_dirs_of_dead_helpers(procs: Procs, images: Path) ->
         res = subprocess.run([str(ACTION_SCRIPT)], env=env, capture_output=True, text=True, timeout=60,
                              check=False)
         assert res.returncode == 0, res.stderr
-        ours = Path(warm.runtime_dir(criu_proc.pid))
+        ours = Path(rundir.per_dump_dir(criu_proc.pid))
         deadline = time.monotonic() + 10  # the helper pre-dump left writes its pid file on its own time
         while not (ours / "pid").exists() and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, criu_stand_in, ip
 
-from criu_macvlan import warm
+from criu_macvlan import serve
+from criu_macvlan.rundir import per_dump_dir
 
 
 def gone(pid: int, path: str, within: float = 10.0) -> bool:
@@ -62,7 +65,7 @@ def test_real_dump_runs_post_dump_in_the_helper_which_exits_with_criu(net: Net, 
     assert f"warm helper {helper} ran post-dump: exit code 0" in log
     assert "1 macvlan entry now EXTLINK" in log  # the action's own messages reach CRIU's log too
     assert (images / "macvlan.img").exists() and not (images / ".criu-macvlan.staged").exists()
-    assert gone(helper, warm.runtime_dir(criu_pid)), "the helper outlived criu"
+    assert gone(helper, per_dump_dir(criu_pid)), "the helper outlived criu"
 
 
 @pytest.mark.integration
@@ -70,7 +73,7 @@ def test_helper_exits_when_criu_exits(procs: Procs, stand_in_criu: tuple[subproc
     criu_proc, _ = stand_in_criu
     res = hook("pre-dump", criu_proc.pid, procs.tree())
     assert res.returncode == 0, res.stderr
-    path = warm.runtime_dir(criu_proc.pid)
+    path = per_dump_dir(criu_proc.pid)
     helper = int(Path(path, "pid").read_text())
     assert alive(helper)
     criu_proc.kill()
@@ -84,7 +87,7 @@ def test_sigterm_removes_the_helper_and_post_dump_still_runs(
 ) -> None:
     criu_proc, _ = stand_in_criu
     assert hook("pre-dump", criu_proc.pid, procs.tree()).returncode == 0
-    path = warm.runtime_dir(criu_proc.pid)
+    path = per_dump_dir(criu_proc.pid)
     helper = int(Path(path, "pid").read_text())
     os.kill(helper, signal.SIGTERM)
     assert gone(helper, path)
@@ -97,43 +100,96 @@ def test_sigterm_removes_the_helper_and_post_dump_still_runs(
 def test_a_dead_helper_left_behind_is_no_harm(stand_in_criu: tuple[subprocess.Popen[bytes], Path]) -> None:
     """A SIGKILLed helper leaves its FIFOs: the shim sees its pid is gone and runs Python."""
     criu_proc, _ = stand_in_criu
-    path = warm.runtime_dir(criu_proc.pid)
+    path = per_dump_dir(criu_proc.pid)
     dead = subprocess.Popen(["true"])
     dead.wait()
     os.makedirs(path, mode=0o700)
     try:
-        for name in ("req", "rep"):
-            os.mkfifo(f"{path}/{name}", 0o600)
+        os.mkfifo(f"{path}/req", 0o600)
         Path(path, "pid").write_text(f"{dead.pid}\n")
         res = hook("post-dump", criu_proc.pid)
         assert res.returncode == 0, res.stderr
         assert "warm helper" not in res.stderr
     finally:
-        for name in ("req", "rep", "pid"):
+        for name in ("req", "pid"):
             Path(path, name).unlink(missing_ok=True)
         os.rmdir(path)
 
 
+# A stand-in for CRIU that runs the hooks itself, as CRIU does (the per-dump helper serves only
+# hooks whose parent is its CRIU process): one "ACTION TREE" line on stdin per hook, its exit
+# code and stderr (JSON) back on stdout.
+RUNNER = r"""
+import json, os, subprocess, sys
+os.dup2(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY), 9)
+for line in sys.stdin:
+    action, tree = line.split()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRTOOLS_")}
+    env.update(CRTOOLS_SCRIPT_ACTION=action, CRTOOLS_IMAGE_DIR=f"/proc/{os.getpid()}/fd/9", CRTOOLS_INIT_PID=tree)
+    res = subprocess.run([sys.argv[2]], env=env, pass_fds=(9,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, timeout=60)
+    print(res.returncode, json.dumps(res.stderr), flush=True)
+"""
+
+
 @pytest.mark.integration
-def test_post_dump_failure_in_the_helper_is_the_hooks_exit_code(
-    procs: Procs, stand_in_criu: tuple[subprocess.Popen[bytes], Path]
-) -> None:
-    criu_proc, images = stand_in_criu
+def test_post_dump_failure_in_the_helper_is_the_hooks_exit_code(procs: Procs, tmp_path: Path) -> None:
+    images = tmp_path / "img"
+    images.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRTOOLS_", "CRIU_MACVLAN_"))}
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER, str(images), str(ACTION_SCRIPT)], text=True,
+                              env={**env, "CRIU_MACVLAN_DEBUG": "1"}, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert runner.stdin is not None and runner.stdout is not None
     tree = procs.tree()
-    assert hook("pre-dump", criu_proc.pid, tree).returncode == 0
-    (images / ".criu-macvlan.staged").write_bytes(b"not an image")
-    res = hook("post-dump", criu_proc.pid, tree)
-    assert res.returncode == 3, res.stderr  # ExitCode.IMAGE, one line from the helper
-    assert "criu-macvlan-action: post-dump: .criu-macvlan.staged: wrong magic" in res.stderr
-    assert re.search(r"warm helper \d+ ran post-dump: exit code 3", res.stderr)
 
+    def run(action: str) -> tuple[int, str]:
+        assert runner.stdin is not None and runner.stdout is not None
+        runner.stdin.write(f"{action} {tree}\n")
+        runner.stdin.flush()
+        code, err = runner.stdout.readline().split(" ", 1)
+        return int(code), json.loads(err)
 
-def test_requests_the_helper_refuses() -> None:
-    null = os.open(os.devnull, os.O_RDWR)
     try:
-        assert warm.handle("pre-dump /proc/5/fd/9 - 77", 5, null) == "77 refused\n"  # not served
-        assert warm.handle("post-dump /proc/6/fd/9 - 77", 5, null) == "77 refused\n"  # another criu's
-        assert warm.handle("post-dump /etc 1 77", 5, null) == "77 refused\n"
-        assert warm.handle("garbage", 5, null) == ""
+        assert run("pre-dump")[0] == 0
+        helper = int(Path(per_dump_dir(runner.pid), "pid").read_text())
+        (images / ".criu-macvlan.staged").write_bytes(b"not an image")
+        code, err = run("post-dump")
+        assert code == 3, err  # ExitCode.IMAGE, one line from the helper
+        assert "criu-macvlan-action: post-dump: .criu-macvlan.staged: wrong magic" in err
+        assert f"warm helper {helper} ran post-dump: exit code 3" in err
+        # the same action from a hook that is not a child of that CRIU: refused, Python runs it
+        res = hook("post-dump", runner.pid, tree)
+        assert res.returncode == 3, res.stderr
+        assert "wrong magic" in res.stderr and "warm helper" not in res.stderr
     finally:
-        os.close(null)
+        runner.stdin.close()
+        runner.wait(timeout=60)
+    assert gone(helper, per_dump_dir(runner.pid)), "the helper outlived its criu"
+
+
+def test_requests_the_helper_refuses(tmp_path: Path) -> None:
+    """Scoped to one CRIU process (here: this test's), it serves only that process's post-dump and network-unlock."""
+    def request(action: str, images: str, criu_pid: int = os.getpid()) -> dict[str, str] | None:
+        env = {"PATH": os.environ["PATH"], "CRTOOLS_SCRIPT_ACTION": action, "CRTOOLS_IMAGE_DIR": images}
+        # a waiting hook, whose parent is "criu"; its environment is there once it says so
+        shim = subprocess.Popen(["sh", "-c", "echo; exec sleep 60"], env=env, stdout=subprocess.PIPE)
+        try:
+            assert shim.stdout is not None and shim.stdout.readline() == b"\n"
+            return serve.shim_request(shim.pid, criu_pid)
+        finally:
+            shim.kill()
+            shim.wait()
+
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ours = f"/proc/{os.getpid()}/fd/{held}"
+        for action in ("post-dump", "network-unlock"):
+            served = request(action, ours)
+            assert served is not None and served["CRTOOLS_SCRIPT_ACTION"] == action
+        assert serve.shim_request(os.getpid()) is None  # not a hook at all
+        assert request("pre-dump", ours) is None  # not served
+        assert request("post-dump", ours, criu_pid=1) is None  # another criu's hook
+        assert request("post-dump", f"/proc/1/fd/{held}") is None  # another process's images dir
+        assert request("post-dump", "/etc") is None
+    finally:
+        os.close(held)
