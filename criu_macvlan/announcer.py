@@ -238,9 +238,11 @@ def _announcer(path: str, schedule: Schedule, pid: int, indexes: list[int], know
             lines.append(f"announced {summary(links)}; {len(schedule.delays())} more round(s) from pid {os.getpid()}")
     except Exception as exc:  # never fail the restore: one line, no repeats
         links, lines = [], [warning("the restored links", str(exc))]
+    # Gone before the shim hears "done": a second delivery of post-setup-namespaces (runc's
+    # CRIU runs every script twice) must find no announcer to wake, not wait on this one.
+    shutil.rmtree(path, ignore_errors=True)
     os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))
     if sock is not None:
         sock.close()  # the shim no longer waits
-    shutil.rmtree(path, ignore_errors=True)
     if links:
         _repeat(pid, tree, links, schedule)
