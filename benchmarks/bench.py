@@ -592,13 +592,48 @@ def hook_env(action: str, images: str, pid: int | None = None, config: str | Non
     return env
 
 
-def stand_in_criu(images: str) -> subprocess.Popen[bytes]:
-    """A process holding ``images`` open as fd 9, as CRIU does: hooks get ``/proc/<it>/fd/9``."""
-    criu = subprocess.Popen(["sh", "-c", 'exec 9<"$0"; exec sleep 1000000', images], stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while not os.path.exists(f"/proc/{criu.pid}/fd/9") and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return criu
+# CRIU's stand-in: it holds the images dir as fd 9 and runs each hook as its own child, as
+# CRIU does (the per-dump helper serves only the hooks whose parent is its CRIU process).
+STAND_IN = """
+import json, os, subprocess, sys, time
+os.dup2(os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY), 9)
+print("ready", flush=True)
+for line in sys.stdin:
+    req = json.loads(line)
+    t0 = time.perf_counter()
+    res = subprocess.run(req["argv"], env=req["env"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, check=False)
+    wall = time.perf_counter() - t0
+    print(json.dumps({"wall": wall, "rc": res.returncode, "err": res.stderr.decode(errors="replace")}), flush=True)
+"""
+
+
+class StandInCriu:
+    """A process standing in for CRIU: hooks get ``/proc/<it>/fd/9`` and run as its children."""
+
+    def __init__(self, images: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", STAND_IN, images], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+        self.pid = self.proc.pid
+        self.images = f"/proc/{self.pid}/fd/9"
+
+    def run_hook(self, env: dict[str, str]) -> float:
+        """Run the shim once as our child; its wall time in seconds."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps({"argv": [str(ACTION)], "env": env}) + "\n")
+        self.proc.stdin.flush()
+        res = json.loads(self.proc.stdout.readline())
+        if res["rc"] != 0:
+            raise RuntimeError(f"hook {env.get('CRTOOLS_SCRIPT_ACTION')} failed ({res['rc']}): {res['err'].strip()}")
+        return float(res["wall"])
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            if f is not None:
+                f.close()
 
 
 def helper_hwm(criu_pid: int) -> int | None:
@@ -657,21 +692,19 @@ def bench_hooks(lab: Lab, ns: list[int], runs: int, stats: dict[str, dict[str, H
                 st = stats.setdefault(label, {}).setdefault(str(n), HookStats())
                 work = lab.dir("postrun-")
                 shutil.copytree(template, work, dirs_exist_ok=True)
-                criu = stand_in_criu(work)
+                criu = StandInCriu(work)
                 try:
-                    images = f"/proc/{criu.pid}/fd/9"
                     if warm:
-                        run_hook(hook_env("pre-dump", images, pid))
-                    env = hook_env("post-dump", images, pid)
+                        criu.run_hook(hook_env("pre-dump", criu.images, pid))
+                    env = hook_env("post-dump", criu.images, pid)
                     if i < runs:
-                        st.wall.append(run_hook(env))
+                        st.wall.append(criu.run_hook(env))
                     elif (rss := hook_rss(env)) is not None:
                         st.rss.append(rss)
                     if warm and (hwm := helper_hwm(criu.pid)) is not None:
                         st.rss.append(hwm)  # the helper ran post-dump: its memory counts
                 finally:
-                    criu.kill()
-                    criu.wait()
+                    criu.close()
                 if restorable or not warm:
                     shutil.rmtree(work)
                 else:
