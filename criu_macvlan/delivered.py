@@ -18,44 +18,22 @@ from __future__ import annotations
 import contextlib
 import os
 
-from .rundir import RUN_DIR
+from .proc import process_start
+from .rundir import RUN_DIR, private_dir
 
 DONE = "done"
 DONE_DIR = f"{RUN_DIR}/{DONE}"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def process_start(pid: int) -> str | None:
-    """The start time of ``pid`` (clock ticks after boot, as text), ``None`` if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[19].decode("ascii") if len(fields) > 19 else None
 
 
 def marker_name(pid: int, start: str, action: str) -> str:
     return f"{pid}.{start}.{action}"
 
 
-def _private_dir(name: str, parent: int | None) -> int:
-    """Open (making it if needed) directory ``name``: ours, no symlink, mode 0700 or stricter."""
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(name, 0o700, dir_fd=parent)
-    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        os.close(fd)
-        raise PermissionError(f"{name} is not private to uid {os.geteuid()}")
-    return fd
-
-
 def open_done_dir() -> int:
     """The markers' directory, checked like every directory on the way to it."""
-    run = _private_dir(RUN_DIR, None)
+    run = private_dir(RUN_DIR, make=True)
     try:
-        return _private_dir(DONE, run)
+        return private_dir(DONE, run, make=True)
     finally:
         os.close(run)
 

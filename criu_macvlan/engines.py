@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
+from .proc import parent_of
 
 RUNC_CONFIG = "/etc/criu/runc.conf"
 CRUN_CONFIG = "/etc/criu/crun.conf"
@@ -59,14 +60,6 @@ class Engine:
             if flag in names:
                 value = attached if eq else next(it, default)
         return value
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def engine_of(criu_pid: int) -> Engine | None:

@@ -1,6 +1,6 @@
 """The runtime directories of the warm helpers under ``/run/criu-macvlan``: made private, announced, swept.
 
-Imports nothing of criu-macvlan's: ``serve``, its socket activation and the
+Imports nothing of criu-macvlan's but :mod:`.proc`: ``serve``, its socket activation and the
 per-dump helper (``warm``) all use it, and none of them is imported back.
 """
 
@@ -12,6 +12,8 @@ import os
 import shutil
 import stat
 
+from .proc import stat_fields
+
 RUN_DIR = "/run/criu-macvlan"
 NO_HELPER_ENV = "CRIU_MACVLAN_NO_HELPER"  # pre-dump leaves no per-dump helper
 
@@ -21,9 +23,13 @@ def per_dump_dir(criu_pid: int) -> str:
     return f"{RUN_DIR}/{criu_pid}"
 
 
-def private_dir(path: str) -> int:
-    """An fd of directory ``path`` if it is ours alone (no symlink, owned by us, mode 0700); else ``OSError``."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def private_dir(path: str, dir_fd: int | None = None, make: bool = False) -> int:
+    """An fd of directory ``path`` (relative to ``dir_fd``) if it is ours alone (no symlink, owned
+    by us, mode 0700); else ``OSError``. ``make``: create it first if it does not exist."""
+    if make:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700, dir_fd=dir_fd)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     st = os.fstat(fd)
     if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700:
         os.close(fd)
@@ -71,12 +77,11 @@ def sweep() -> None:
 def _start_time(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch); ``None`` if it is dead or a zombie."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        fields = stat_fields(pid)
         with open("/proc/stat", encoding="ascii") as f:
             btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
     except (OSError, IndexError, ValueError, StopIteration):
         return None
-    if fields[0] in ("Z", "X"):
+    if fields[0] in (b"Z", b"X"):
         return None
     return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")

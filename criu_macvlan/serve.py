@@ -62,6 +62,7 @@ from typing import NoReturn
 from .action import main as run_action
 from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
+from .proc import stat_fields
 from .rundir import NO_HELPER_ENV, private_dir, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
@@ -343,8 +344,7 @@ def shim_request(token: int, criu_pid: int | None = None) -> dict[str, str] | No
     try:
         with open(f"/proc/{token}/environ", "rb") as f:
             raw = f.read()
-        with open(f"/proc/{token}/stat", "rb") as f:
-            ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        ppid = int(stat_fields(token)[1])
     except (OSError, ValueError, IndexError):
         return None
     env: dict[str, str] = {}
@@ -359,12 +359,6 @@ def shim_request(token: int, criu_pid: int | None = None) -> dict[str, str] | No
     if criu_pid is not None and (ppid != criu_pid or action not in PER_DUMP_ACTIONS):
         return None
     return env
-
-
-def _ppid(pid: int) -> int:
-    """The parent of ``pid``; ``OSError`` if there is no such process, ``ValueError`` if unreadable."""
-    with open(f"/proc/{pid}/stat", "rb") as f:  # bytes: no codec to import in every child
-        return int(f.read().rsplit(b")", 1)[1].split()[1])
 
 
 def handle(rep: int, token: int, criu_pid: int | None = None) -> None:
@@ -417,7 +411,7 @@ def _open_reply(token: int, reader: int) -> int | None:
         for _ in range(3):
             if pid == token:
                 break
-            pid = _ppid(pid)
+            pid = int(stat_fields(pid)[1])
         else:
             return None
         rep = os.open(f"/proc/{reader}/fd/0", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -20,7 +20,7 @@ from helpers import ACTION_SCRIPT, REPO, Net, Procs, ip
 from runc_bundle import Runc
 from segment import Segment, configure_l3
 
-from criu_macvlan import delivered
+from criu_macvlan import delivered, rundir
 from criu_macvlan.manager import plugin_manager
 
 HANDLED = " ".join(plugin_manager().handled_actions())
@@ -137,15 +137,15 @@ def test_marker_of_a_reused_pid_does_not_count(images: Path, python_log: tuple[P
 def test_private_dir_refuses_shared_or_symlinked(tmp_path: Path) -> None:
     parent = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.close(delivered._private_dir("ok", parent))
+        os.close(rundir.private_dir("ok", parent, make=True))
         assert stat.S_IMODE((tmp_path / "ok").stat().st_mode) == 0o700
         (tmp_path / "open").mkdir(mode=0o755)
         (tmp_path / "open").chmod(0o755)
         with pytest.raises(PermissionError):
-            delivered._private_dir("open", parent)
+            rundir.private_dir("open", parent, make=True)
         (tmp_path / "link").symlink_to(tmp_path / "ok")
         with pytest.raises(OSError):
-            delivered._private_dir("link", parent)
+            rundir.private_dir("link", parent, make=True)
     finally:
         os.close(parent)
 
