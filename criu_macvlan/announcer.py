@@ -13,7 +13,6 @@ directory or of CRIU, and nothing of the restored netns between rounds.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
 import shutil
@@ -22,19 +21,20 @@ import threading
 import time
 
 from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
+from .proc import detach_fds
+from .rundir import RUN_DIR
 
-RUN_DIR = "/run/criu-macvlan"
 WAIT_FOR_GO = 600.0  # seconds a waiting process waits to be told to go
 
 
-def _detach(keep: set[int], pid_path: str | None = None) -> bool:
-    """Double fork; ``True`` in the detached grandchild (own session, stdio on /dev/null,
-    no fd but ``keep``), ``False`` in the caller once the intermediate child wrote the
-    grandchild's pid to ``pid_path`` (whole, by a rename) and was reaped."""
+def _detach(keep: list[int], pid_path: str | None = None) -> list[int] | None:
+    """Double fork: in the detached grandchild (own session, stdio on /dev/null, no fd but
+    ``keep``), ``keep``'s fds there; ``None`` in the caller once the intermediate child wrote
+    the grandchild's pid to ``pid_path`` (whole, by a rename) and was reaped."""
     child = os.fork()
     if child:
         os.waitpid(child, 0)
-        return False
+        return None
     try:
         os.setsid()
         grandchild = os.fork()
@@ -44,16 +44,9 @@ def _detach(keep: set[int], pid_path: str | None = None) -> bool:
                     f.write(f"{grandchild}\n")
                 os.rename(f"{pid_path}.tmp", pid_path)
             os._exit(0)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # a caller reading CRIU's stderr must see EOF when CRIU exits
-            os.dup2(null, fd)
-        for fd in map(int, os.listdir("/proc/self/fd")):
-            if fd > 2 and fd not in keep:
-                with contextlib.suppress(OSError):  # the listing's own fd
-                    os.close(fd)
+        return detach_fds(keep)
     except BaseException:
         os._exit(1)
-    return True
 
 
 def _socket_in(pid: int, pidfd: int) -> socket.socket | None:
@@ -126,9 +119,9 @@ def repeat_detached(pid: int, links: list[LinkFrames], schedule: Schedule) -> No
         return
     pidfd = os.pidfd_open(pid)
     try:
-        if _detach({pidfd}):  # pragma: no cover - the detached process (tested end to end)
+        if (kept := _detach([pidfd])) is not None:  # pragma: no cover - the detached process (tested end to end)
             try:
-                _repeat(pid, pidfd, links, schedule)
+                _repeat(pid, kept[0], links, schedule)
             finally:
                 os._exit(0)
     finally:
@@ -143,9 +136,9 @@ class Repeater:
     def __init__(self, schedule: Schedule) -> None:
         rd, self._wr = os.pipe()
         try:
-            if _detach({rd}):  # pragma: no cover - the detached process (tested end to end)
+            if (kept := _detach([rd])) is not None:  # pragma: no cover - the detached process (tested end to end)
                 try:
-                    _wait_and_repeat(rd, schedule)
+                    _wait_and_repeat(kept[0], schedule)
                 finally:
                     os._exit(0)
         finally:
@@ -207,9 +200,9 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
         for name in ("go", "done"):
             os.mkfifo(f"{path}/{name}", 0o600)
             fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
-        if _detach(set(fds), f"{path}/pid"):  # pragma: no cover - the detached process (tested end to end)
+        if (kept := _detach(fds, f"{path}/pid")) is not None:  # pragma: no cover - the detached process
             try:
-                _announcer(path, schedule, pid, indexes, known, *fds)
+                _announcer(path, schedule, pid, indexes, known, *kept)
             finally:
                 shutil.rmtree(path, ignore_errors=True)
                 os._exit(0)

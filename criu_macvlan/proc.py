@@ -1,11 +1,35 @@
-"""``/proc/<pid>/stat``, read one way: the fields after the command name.
+"""Process plumbing the helpers share: ``/proc/<pid>/stat``, and the fds of a detached process.
 
-The name is in parentheses and may hold blanks and ``)``, so the fields are split
-after its last ``)``. Bytes, not text: serve's forked children read it per request
-and import no codec for it. Imports nothing of criu-macvlan's.
+``/proc/<pid>/stat`` is read one way: the command name is in parentheses and may
+hold blanks and ``)``, so the fields are split after its last ``)``. Bytes, not
+text: serve's forked children read it per request and import no codec for it.
+Imports nothing of criu-macvlan's.
 """
 
 from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Sequence
+
+
+def detach_fds(keep: Sequence[int]) -> list[int]:
+    """In a process that outlives the hook (a helper, an announcer): the fds ``keep`` moved above
+    2, stdin, stdout and stderr on /dev/null, every other fd closed; the moved fds, in order.
+
+    CRIU runs the hook without stdin, so one of ``keep`` may be fd 0, which /dev/null
+    replaces next; and a caller reading CRIU's stderr must see its end when CRIU exits.
+    """
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in keep]
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        if fd > 2 and fd not in moved:
+            with contextlib.suppress(OSError):  # the listing's own fd
+                os.close(fd)
+    return moved
 
 
 def stat_fields(pid: int) -> list[bytes]:

@@ -23,8 +23,6 @@ set) just means the normal path.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gc
 import os
 import shutil
@@ -32,6 +30,7 @@ import signal
 import sys
 
 from . import serve
+from .proc import detach_fds
 from .rundir import NO_HELPER_ENV, RUN_DIR, per_dump_dir, private_dir, sweep, write_pid
 
 IDLE_TIMEOUT = 3600.0
@@ -85,16 +84,7 @@ def _run(criu_pid: int, path: str, ready: int, pidfd: int, req: int) -> None:  #
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on a plain kill too
     signal.signal(signal.SIGCHLD, serve.reap)
     try:
-        # CRIU runs the hook without stdin: one of ours may be fd 0, which /dev/null replaces next
-        pidfd, req, ready = (fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in (pidfd, req, ready))
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):  # stderr too: a caller reading CRIU's stderr must see EOF when CRIU exits
-            os.dup2(null, fd)
-        keep = {0, 1, 2, null, ready, pidfd, req}
-        for fd in map(int, os.listdir("/proc/self/fd")):
-            if fd not in keep:
-                with contextlib.suppress(OSError):  # the listing's own fd
-                    os.close(fd)
+        pidfd, req, ready = detach_fds([pidfd, req, ready])
         dir_fd = private_dir(path)
         write_pid(dir_fd)
         os.close(dir_fd)
