@@ -18,6 +18,8 @@ import pytest
 from helpers import CRIU, REPO, Net, Procs, criu_version, run, start_serve, stop_serve, unique
 from runc_bundle import BUSYBOX, RUNC, Runc
 
+from criu_macvlan import criuconf, engines
+
 
 def _integration_possible() -> str | None:
     if os.geteuid() != 0:
@@ -85,6 +87,19 @@ def inet_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 ETC_LOCK = "/run/criu-macvlan-tests-etc.lock"
+
+
+@pytest.fixture
+def confdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the well-known config paths into ``tmp_path`` (none exists until a test writes it)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    monkeypatch.setattr(criuconf, "GLOBAL_CONFIG", str(etc / "default.conf"))
+    monkeypatch.setattr(engines, "RUNC_CONFIG", str(etc / "runc.conf"))
+    monkeypatch.setattr(engines, "CRUN_CONFIG", str(etc / "crun.conf"))
+    monkeypatch.setattr(criuconf, "OWN_CONFIG", str(etc / "criu-macvlan.conf"))
+    (tmp_path / "home" / ".criu").mkdir(parents=True)
+    return tmp_path
 
 
 @pytest.fixture

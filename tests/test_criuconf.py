@@ -14,19 +14,6 @@ from criu_macvlan.context import ActionContext, ImagesDir, Mode
 from criu_macvlan.errors import UsageError
 
 
-@pytest.fixture
-def confdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point the well-known config paths into ``tmp_path`` (none exists until a test writes it)."""
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    monkeypatch.setattr(criuconf, "GLOBAL_CONFIG", str(etc / "default.conf"))
-    monkeypatch.setattr(engines, "RUNC_CONFIG", str(etc / "runc.conf"))
-    monkeypatch.setattr(engines, "CRUN_CONFIG", str(etc / "crun.conf"))
-    monkeypatch.setattr(criuconf, "OWN_CONFIG", str(etc / "criu-macvlan.conf"))
-    (tmp_path / "home" / ".criu").mkdir(parents=True)
-    return tmp_path
-
-
 def env_for(confdir: Path, **extra: str) -> dict[str, str]:
     return {"HOME": str(confdir / "home"), **extra}
 

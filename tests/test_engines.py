@@ -20,12 +20,9 @@ from criu_macvlan.errors import ExitCode, UsageError
 
 
 @pytest.fixture
-def etc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "etc"
-    d.mkdir()
-    monkeypatch.setattr(engines, "RUNC_CONFIG", str(d / "runc.conf"))
-    monkeypatch.setattr(engines, "CRUN_CONFIG", str(d / "crun.conf"))
-    return d
+def etc(confdir: Path) -> Path:
+    """The directory the well-known config paths point into (see ``confdir``)."""
+    return confdir / "etc"
 
 
 def bundle(tmp_path: Path, annotations: dict[str, str] | None, name: str = "bundle") -> Path:
