@@ -56,11 +56,8 @@ def arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
     elif ctx.mode is Mode.RPC:
         s.armed = Armed(indexes, {link.name for link in created}, chosen)
     else:
-        from ..criuconf import criu_pid_from_env
-
-        criu_pid = criu_pid_from_env(os.environ)
         known = image_frames(created)
-        if criu_pid is None or not announcer.arm(criu_pid, require_pid(ctx), indexes, chosen, known):
+        if ctx.criu_pid is None or not announcer.arm(ctx.criu_pid, require_pid(ctx), indexes, chosen, known):
             ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
 
 
