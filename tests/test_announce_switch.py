@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,6 +191,18 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
     assert alive(new)
     port = sw.port_of_mac()
     assert port == sw.a + "p", run("bridge", "fdb", "show", "br", sw.bridge).stdout  # nothing told the switch
+
+
+@pytest.mark.integration
+def test_announce_off_in_the_hosts_criu_macvlan_conf(net: Net, procs: Procs, images: Path,
+                                                     etc_files: Callable[[str, str], None]) -> None:
+    """The form an action-script or engine user sets: a line in /etc/criu/criu-macvlan.conf."""
+    sw = Switch(net, procs)
+    dump_service(sw, procs, images)
+    etc_files("/etc/criu/criu-macvlan.conf", "macvlan-announce off\n")
+    new = restore("action-script", sw, procs, images)  # nothing in the environment says off
+    assert alive(new)
+    assert sw.port_of_mac() == sw.a + "p", run("bridge", "fdb", "show", "br", sw.bridge).stdout
 
 
 @pytest.mark.integration
