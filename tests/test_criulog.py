@@ -61,9 +61,13 @@ def test_rpc_answer_skips_the_harmless_first_error() -> None:
 @pytest.mark.integration
 def test_cli_names_the_cause_and_the_log(procs: Procs, tmp_path: Path) -> None:
     """A real failing dump: the tree is not a session leader (no --shell-job)."""
-    p = subprocess.Popen(["unshare", "--net", "sleep", "100000"], stdin=subprocess.DEVNULL)  # exec'd: our session
+    # sh leads a session of its own, so the tree's session leader is visible whatever session
+    # (or pid namespace) runs this test; unshare execs sleep in place: $! is the tree's root
+    p = subprocess.Popen(["setsid", "sh", "-c", "unshare --net sleep 100000 & echo $!; wait"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
     procs.popens.append(p)
-    pid = wait_unshared(procs.adopt(p.pid))
+    assert p.stdout is not None
+    pid = wait_unshared(procs.adopt(int(p.stdout.readline())))
     res = subprocess.run([sys.executable, "-m", "criu_macvlan.cli", "--criu", CRIU, "dump", "-t", str(pid),
                           "-D", str(tmp_path)], capture_output=True, text=True, timeout=120, check=False)
     assert res.stderr.strip().splitlines() == [

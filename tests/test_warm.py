@@ -171,8 +171,9 @@ def test_requests_the_helper_refuses(tmp_path: Path) -> None:
     """Scoped to one CRIU process (here: this test's), it serves only that process's post-dump and network-unlock."""
     def request(action: str, images: str, criu_pid: int = os.getpid()) -> dict[str, str] | None:
         env = {"PATH": os.environ["PATH"], "CRTOOLS_SCRIPT_ACTION": action, "CRTOOLS_IMAGE_DIR": images}
-        # a waiting hook, whose parent is "criu"; its environment is there once it says so
-        shim = subprocess.Popen(["sh", "-c", "echo; exec sleep 60"], env=env, stdout=subprocess.PIPE)
+        # a waiting hook, whose parent is "criu", asking once it runs: until a new program has
+        # set up its stack, /proc/PID/environ reads empty, even after Popen has returned
+        shim = subprocess.Popen(["sh", "-c", "echo; read -r _"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             assert shim.stdout is not None and shim.stdout.readline() == b"\n"
             return serve.shim_request(shim.pid, criu_pid)
