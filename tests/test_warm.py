@@ -189,8 +189,8 @@ def test_requests_the_helper_refuses(tmp_path: Path) -> None:
             assert served is not None and served["CRTOOLS_SCRIPT_ACTION"] == action
         assert serve.shim_request(os.getpid()) is None  # not a hook at all
         assert request("pre-dump", ours) is None  # not served
-        assert request("post-dump", ours, criu_pid=1) is None  # another criu's hook
-        assert request("post-dump", f"/proc/1/fd/{held}") is None  # another process's images dir
+        assert request("post-dump", ours, criu_pid=os.getppid()) is None  # another criu's hook
+        assert request("post-dump", f"/proc/{os.getppid()}/fd/{held}") is None  # another process's images dir
         assert request("post-dump", "/etc") is None
     finally:
         os.close(held)
