@@ -27,26 +27,38 @@ from .rundir import RUN_DIR
 WAIT_FOR_GO = 600.0  # seconds a waiting process waits to be told to go
 
 
-def _detach(keep: list[int], pid_path: str | None = None) -> list[int] | None:
+def _detach(keep: list[int]) -> list[int] | None:
     """Double fork: in the detached grandchild (own session, stdio on /dev/null, no fd but
-    ``keep``), ``keep``'s fds there; ``None`` in the caller once the intermediate child wrote
-    the grandchild's pid to ``pid_path`` (whole, by a rename) and was reaped."""
+    ``keep``), ``keep``'s fds there; ``None`` in the caller once the intermediate child was reaped."""
     child = os.fork()
     if child:
         os.waitpid(child, 0)
         return None
     try:
         os.setsid()
-        grandchild = os.fork()
-        if grandchild:
-            if pid_path is not None:
-                with open(f"{pid_path}.tmp", "w", encoding="ascii") as f:
-                    f.write(f"{grandchild}\n")
-                os.rename(f"{pid_path}.tmp", pid_path)
+        if os.fork():
             os._exit(0)
         return detach_fds(keep)
     except BaseException:
         os._exit(1)
+
+
+def _orphan(keep: list[int], pid_path: str) -> list[int] | None:
+    """One fork, for a caller about to exit (a hook, a served action): its child is then
+    re-parented, so no intermediate process need be forked and waited for while CRIU waits.
+    In the child (own session, stdio on /dev/null, no fd but ``keep``), ``keep``'s fds there;
+    ``None`` in the caller once it wrote the child's pid to ``pid_path`` (whole, by a rename)."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setsid()
+            return detach_fds(keep)
+        except BaseException:
+            os._exit(1)
+    with open(f"{pid_path}.tmp", "w", encoding="ascii") as f:
+        f.write(f"{child}\n")
+    os.rename(f"{pid_path}.tmp", pid_path)
+    return None
 
 
 def _socket_in(pid: int, pidfd: int) -> socket.socket | None:
@@ -200,7 +212,7 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
         for name in ("go", "done"):
             os.mkfifo(f"{path}/{name}", 0o600)
             fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
-        if (kept := _detach(fds, f"{path}/pid")) is not None:  # pragma: no cover - the detached process
+        if (kept := _orphan(fds, f"{path}/pid")) is not None:  # pragma: no cover - the detached process
             try:
                 _announcer(path, schedule, pid, indexes, known, *kept)
             finally:
