@@ -60,6 +60,7 @@ UNHANDLED_ACTION = "network-lock"
 SERVED = "criu --action-script, serve running"
 DRIVER_ALONE = "our RPC driver, no plugin"
 COLD_FLOOR = "native criu, then cold imports alone"
+NOOP = "criu --action-script, a no-op script"  # what any action script costs CRIU: its fork and exec per action
 TO_FIRST = "restore: to CRIU's first notification"
 FROZEN = ": frozen"  # op suffix: the tree's frozen window in that op (from CRIU's log)
 # What a cold setup-namespaces cannot do without, and nothing else: the interpreter, pluggy,
@@ -338,6 +339,30 @@ class Served:
         return None, None
 
 
+def noop_script(lab: Lab) -> str:
+    """A shell script that exits 0, as our shim is a shell script: CRIU's cost of running one per action."""
+    path = os.path.join(lab.tmp, "noop-action")
+    Path(path).write_text("#!/bin/sh\nexit 0\n")
+    os.chmod(path, 0o755)
+    return path
+
+
+class Noop:
+    """Native CRIU, with a no-op action script: the least any action-script design costs."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.script = noop_script(lab)
+
+    def dump(self, pid: int, images: str) -> None:
+        criu_cli("dump", "-t", str(pid), "--action-script", self.script, images=images, logname="dump.log")
+
+    def restore(self, images: str, n: int, parent: str) -> int:
+        ext = [a for e in externals(n, parent) for a in ("--external", e)]
+        criu_cli("restore", "-d", "--pidfile", pidfile(images), "--action-script", self.script, *ext,
+                 images=images, logname="restore.log")
+        return pidfile_pid(images)
+
+
 def cold_floor_restore(images: str, n: int, parent: str) -> int:
     """A native restore plus, in series, a process that only imports what a cold hook needs: the
     least any design that starts Python cold while CRIU waits for the links can cost."""
@@ -471,6 +496,8 @@ def path_specs(groups: list[str], native_ok: bool, lab: Lab) -> list[PathSpec]:
         specs.append(nat(PathSpec("cmdline", "criu (native)", cli_native_dump, cli_native_restore, native=True)))
         specs.append(nat(PathSpec("cmdline", COLD_FLOOR, cli_native_dump, cold_floor_restore, dump_timed=False,
                                   only_n=1)))
+        noop = Noop(lab)
+        specs.append(nat(PathSpec("cmdline", NOOP, noop.dump, noop.restore, native=True)))
         specs.append(PathSpec("cmdline", "criu --action-script", cli_script_dump, cli_script_restore))
         if CLI.exists() and have_module("criu_macvlan.cli"):
             specs.append(PathSpec("cmdline", "criu-macvlan CLI", cli_script_dump, ours_cli_restore, dump_timed=False))
@@ -848,6 +875,13 @@ def build_bounds(samples: Sample) -> list[dict[str, Any]]:
     paths: a cold action script costs at least native + the cold imports; a cold CLI, that less CRIU's time to its
     first notification (it loads while CRIU starts)."""
     out = []
+    for op in ("restore", "dump"):
+        for n in (1, 100):
+            a, b = (median_of(samples, "cmdline", p, op, n) for p in (NOOP, "criu (native)"))
+            if a is not None and b:
+                out.append({"bound": f"any action script {op}, N={n}", "value": a / b, "unit": "x native",
+                            "detail": f"native {op} with a no-op action script: +{(a - b) * 1e3:.1f} ms "
+                                      "(CRIU forks and execs it for every action)"})
     for n in sorted({int(k) for k in samples.get("cmdline", {}).get(COLD_FLOOR, {}).get("restore", {})}):
         a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
         if a is None or not b:
@@ -898,7 +932,10 @@ def render_md(data: dict[str, Any]) -> str:
         lines.append(f"| {t['target']} | {value}{detail} | {t['limit']:g} {t['unit']} | {met} |")
     if data.get("bounds"):
         lines += ["", "## Bounds", "",
-                  "The least a design that starts Python cold can cost here. The cold imports: a process "
+                  "The least a design can cost here. Any action script: native CRIU running a shell script "
+                  "that exits 0 for every action (CRIU forks and execs it each time; our shim is such a "
+                  "script), in the same alternation. "
+                  "Starting Python cold, the cold imports: a process "
                   "that only starts the interpreter and imports pluggy, protobuf with the sidecar's and "
                   "CRIU's netdev schemas, and pyroute2's netlink layer (no hook runs), timed after a native "
                   "restore in the same alternation. A cold action script runs at least that while CRIU "

@@ -52,7 +52,9 @@ def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
         assert target["met"] in (True, False, None)
         assert (target["met"] is None) == (target["value"] is None)
     bounds = {b["bound"]: b["value"] for b in data["bounds"]}
-    assert set(bounds) == {"cold action script restore, N=1", "CLI restore, N=1"}
+    assert set(bounds) == {"cold action script restore, N=1", "CLI restore, N=1",
+                           "any action script restore, N=1", "any action script dump, N=1"}
+    assert bounds["any action script restore, N=1"] > 0  # one run: noise may put it under native
     assert bounds["cold action script restore, N=1"] > 1  # native restore, then the cold imports
     assert 1 <= bounds["CLI restore, N=1"] <= bounds["cold action script restore, N=1"]
 
