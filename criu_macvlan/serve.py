@@ -305,9 +305,6 @@ def _refuse(line: bytes) -> None:
 def _serve_one(req: int, ctl: int, stops: set[signal.Signals], criu_pid: int | None) -> NoReturn:  # pragma: no cover
     """The spare child: take the next request from ``req`` (unless ``ctl`` closes first), run it, exit."""
     code = 1
-    # One action and exit: a collection here would only walk the heap (and touch pages
-    # shared with the service) to free a few cycles a moment before the exit frees all.
-    gc.disable()
     try:
         for s in (*stops, signal.SIGCHLD):
             signal.signal(s, signal.SIG_DFL)
