@@ -21,7 +21,6 @@ repeats cost the restore nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 import struct
 from collections.abc import Iterable, Mapping
@@ -189,9 +188,9 @@ def read_links(indexes: Iterable[int]) -> list[LinkFrames]:
             if index not in wanted or raw is None:
                 continue
             if msg["family"] == socket.AF_INET:
-                addrs[index][0].append(ipaddress.IPv4Address(msg.get_attr("IFA_LOCAL") or raw).packed)
+                addrs[index][0].append(socket.inet_pton(socket.AF_INET, msg.get_attr("IFA_LOCAL") or raw))
             elif msg["family"] == socket.AF_INET6 and not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED):
-                addrs[index][1].append(ipaddress.IPv6Address(raw).packed)
+                addrs[index][1].append(socket.inet_pton(socket.AF_INET6, raw))
         for msg in rtnl.links():
             index = msg["index"]
             if index in wanted and msg["flags"] & IFF_UP and msg.get_attr("IFLA_ADDRESS"):

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import socket
 import threading
 import time
 
 from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
 from .proc import detach_fds
-from .rundir import RUN_DIR
+from .rundir import RUN_DIR, remove_tree
 
 WAIT_FOR_GO = 600.0  # seconds a waiting process waits to be told to go
 
@@ -207,7 +206,7 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
     try:
         fds += [os.pidfd_open(criu_pid), os.pidfd_open(pid)]
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
-        shutil.rmtree(path, ignore_errors=True)  # a dead announcer's of a recycled pid
+        remove_tree(path)  # a dead announcer's of a recycled pid
         os.mkdir(path, 0o700)
         for name in ("go", "done"):
             os.mkfifo(f"{path}/{name}", 0o600)
@@ -216,10 +215,10 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
             try:
                 _announcer(path, schedule, pid, indexes, known, *kept)
             finally:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
                 os._exit(0)
     except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         return False
     finally:
         for fd in fds:
@@ -245,7 +244,7 @@ def _announcer(path: str, schedule: Schedule, pid: int, indexes: list[int], know
         links, lines = [], [warning("the restored links", str(exc))]
     # Gone before the shim hears "done": a second delivery of post-setup-namespaces (runc's
     # CRIU runs every script twice) must find no announcer to wake, not wait on this one.
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))
     if sock is not None:
         sock.close()  # the shim no longer waits

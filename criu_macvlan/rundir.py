@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
 
 from .proc import stat_fields
@@ -71,7 +70,7 @@ def sweep() -> None:
             continue
         started = _start_time(int(name))
         if started is None or started > changed + 2:  # /proc/stat's btime is whole seconds
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
 
 
 def _start_time(pid: int) -> float | None:
@@ -85,3 +84,12 @@ def _start_time(pid: int) -> float | None:
     if fields[0] in (b"Z", b"X"):
         return None
     return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def remove_tree(path: str) -> None:
+    """``rm -rf path``, quietly; nothing to import when there is nothing to remove."""
+    if not os.path.lexists(path):
+        return
+    import shutil  # here: at import it loads bz2 and lzma, a cost for every cold hook
+
+    shutil.rmtree(path, ignore_errors=True)
