@@ -58,16 +58,24 @@ while True:
 
 
 class Segment:
-    """A bridge with two veth parents (A, B) and a peer netns on A, all on one L2 segment."""
+    """A bridge with two veth parents (A, B) for the tree and a peer netns on a third (C), all on one
+    L2 segment.
+
+    The peer reaches the tree through the bridge, as another host would. Not from A: the macvlan a
+    dump leaves behind in the dumped tree's netns stays on A until the kernel has dismantled that
+    netns (seconds, at times, while many are being torn down), and macvlan hands a frame for a
+    sibling's MAC straight to the sibling, so the peer's frames for the restored link would go to it.
+    """
 
     def __init__(self, net: Net, procs: Procs) -> None:
         self.bridge = net.bridge("sb")
         self.a = net.veth("sa")
         self.b = net.veth("sb")
-        for parent in (self.a, self.b):
+        self.c = net.veth("sc")
+        for parent in (self.a, self.b, self.c):
             ip("link", "set", parent + "p", "master", self.bridge)
         self.peer = procs.tree()
-        net.macvlan_into(self.peer, "pe0", self.a, "mode", "bridge")
+        net.macvlan_into(self.peer, "pe0", self.c, "mode", "bridge")
         ip("link", "set", "pe0", "up", pid=self.peer)
         ip("addr", "add", f"{PEER_V4}/24", "dev", "pe0", pid=self.peer)
         ip("addr", "add", f"{PEER_V6}/64", "dev", "pe0", "nodad", pid=self.peer)
