@@ -17,12 +17,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from .errors import CriuMacvlanError, ExitCode, HookError, ImageError, printable
+from .errors import HOOK_PROG, CriuMacvlanError, ExitCode, HookError, ImageError, printable
 
 if TYPE_CHECKING:
     from .manager import Hooks
 
-PROG = "criu-macvlan-action"
+PROG = HOOK_PROG
 _warm: dict[str, Hooks] = {}  # see keep_warm
 
 

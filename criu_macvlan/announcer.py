@@ -4,15 +4,18 @@
   later rounds come from a :class:`Repeater`, a detached process forked while CRIU
   starts, that the ``post-setup-namespaces`` hook only tells which tree and frames.
 * Action-script mode: ``setup-namespaces`` leaves an announcer (:func:`arm`) that
-  the shell hook wakes at ``post-setup-namespaces``; it sends the first round,
-  reports to the hook, and sends the later rounds itself.
+  the shell hook wakes at ``post-setup-namespaces`` without waiting; it sends the
+  first round, writes its warnings to CRIU's log, says ``done`` to a ``pre-resume``
+  hook that waits for it, and sends the later rounds itself.
 
 Detached processes hold a pidfd of the restored tree, never an fd of the images
-directory or of CRIU, and nothing of the restored netns between rounds.
+directory or of CRIU (the announcer holds CRIU's log only until its first round is
+out), and nothing of the restored netns between rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -20,6 +23,7 @@ import threading
 import time
 
 from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
+from .errors import HOOK_PROG, printable
 from .proc import detach_fds
 from .rundir import RUN_DIR, remove_tree
 
@@ -211,6 +215,7 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
         for name in ("go", "done"):
             os.mkfifo(f"{path}/{name}", 0o600)
             fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
+        fds.append(_log_fd())
         if (kept := _orphan(fds, f"{path}/pid")) is not None:  # pragma: no cover - the detached process
             try:
                 _announcer(path, schedule, pid, indexes, known, *kept)
@@ -226,14 +231,40 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
     return True
 
 
+def _log_fd() -> int:
+    """Our stderr, CRIU's log when CRIU runs the action (the served child's is the hook's): the
+    announcer reports there itself, so that no hook need wait for it; else ``/dev/null``."""
+    try:
+        return os.dup(2)
+    except OSError:
+        return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
+
 def _announcer(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
-               criu: int, tree: int, go: int, done: int) -> None:
+               criu: int, tree: int, go: int, done: int, log: int) -> None:
     """Wait for the shim's ``go`` (or CRIU's end: then nothing to do), send the first round,
-    report each link's failure and ``done`` to the shim, then the other rounds."""
-    ready, _, _ = select.select([go, criu], [], [], WAIT_FOR_GO)
-    if go not in ready:
-        return
-    lines = []
+    write each link's failure to ``log``, say ``done`` to a shim that waits (``pre-resume``),
+    then send the other rounds."""
+    try:
+        ready, _, _ = select.select([go, criu], [], [], WAIT_FOR_GO)
+        if go not in ready:
+            return
+        links, sock = _first_round_reported(pid, tree, indexes, known, schedule, log)
+    finally:
+        os.close(log)  # CRIU's log is its own again: it may be in the images dir
+    # Gone before anyone hears "done": a later delivery (runc's CRIU runs every script twice)
+    # then finds no announcer to wake or wait for.
+    remove_tree(path)
+    os.write(done, b"done\n")
+    if sock is not None:
+        sock.close()  # sent: the tasks may resume
+    if links:
+        _repeat(pid, tree, links, schedule)
+
+
+def _first_round_reported(pid: int, tree: int, indexes: list[int], known: list[LinkFrames] | None,
+                          schedule: Schedule, log: int) -> tuple[list[LinkFrames], socket.socket | None]:
+    """The first round, its failures written to ``log`` as the hook writes its lines."""
     sock = None
     try:
         links, errors, sock = first_round(pid, tree, indexes, known)
@@ -242,11 +273,7 @@ def _announcer(path: str, schedule: Schedule, pid: int, indexes: list[int], know
             lines.append(f"announced {summary(links)}; {len(schedule.delays())} more round(s) from pid {os.getpid()}")
     except Exception as exc:  # never fail the restore: one line, no repeats
         links, lines = [], [warning("the restored links", str(exc))]
-    # Gone before the shim hears "done": a second delivery of post-setup-namespaces (runc's
-    # CRIU runs every script twice) must find no announcer to wake, not wait on this one.
-    remove_tree(path)
-    os.write(done, "".join(f"{line}\n" for line in [*lines, "done"]).encode("utf-8", "replace"))
-    if sock is not None:
-        sock.close()  # the shim no longer waits
-    if links:
-        _repeat(pid, tree, links, schedule)
+    if lines:
+        with contextlib.suppress(OSError):
+            os.write(log, "".join(f"{HOOK_PROG}: {printable(line)}\n" for line in lines).encode("utf-8", "replace"))
+    return links, sock

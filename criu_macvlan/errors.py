@@ -6,6 +6,8 @@ still print it as one line (plus where to look), never as a traceback.
 
 from __future__ import annotations
 
+HOOK_PROG = "criu-macvlan-action"  # how the action script's lines start in CRIU's log
+
 
 def printable(text: str) -> str:
     """``text`` with every non-printable character escaped (``\\x1b``, ``\\n``, ``\\u2003``).
