@@ -78,7 +78,7 @@ def preload() -> None:
     """Import everything an action needs and load the plugins once, so that forked children start warm."""
     import ctypes  # noqa: F401  # netlink's setns, on first use
 
-    from . import action, criuconf, images, netdev, netlink, plugin  # noqa: F401
+    from . import action, criuconf, delivered, images, netdev, netlink, plugin, watch  # noqa: F401
     from .manager import plugin_manager, write_actions_cache
 
     netdev.netdev_entry_class()
