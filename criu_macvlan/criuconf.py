@@ -26,7 +26,6 @@ options the plugin needs are kept: ``external`` and ``empty-ns``.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -76,8 +75,6 @@ LONG_OPTIONS = _REQUIRED | _OPTIONAL | _NO_ARG
 _SHORT_REQUIRED = "tDorJWLM"  # short_opts "dSsRt:hD:o:v::x::Vr:jJ:lW:L:M:"
 _SHORT_OPTIONAL = "vx"
 
-log = logging.getLogger("criu_macvlan")
-
 
 @dataclass
 class CriuOptions:
@@ -96,17 +93,9 @@ class CriuOptions:
         for origin, key in zip(self.origins, self.externals, strict=True):
             by_source.setdefault(origin, []).append(key)
         result: dict[str, str] = {}
-        winner: dict[str, str] = {}
-        for origin, keys in by_source.items():  # in reading order
-            for inner, outer in mappings.from_externals(keys).items():  # a conflict inside one source: error
-                lost = result.get(inner)
-                if lost is not None and lost != outer:
-                    log.warning(
-                        "%s from %s overrides %s from %s (CRIU uses the last source)",
-                        mappings.format_mapping(inner, outer), origin,
-                        mappings.format_mapping(inner, lost), winner[inner],
-                    )
-                result[inner], winner[inner] = outer, origin
+        origins: dict[str, str] = {}
+        for origin, keys in by_source.items():  # in reading order; a conflict inside one source: error
+            mappings.overlay(result, origins, mappings.from_externals(keys), origin)
         return result
 
 

@@ -7,9 +7,12 @@ of the parent (lower) device on the restoring host. The syntax is CRIU's own
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 
 from .errors import UsageError
+
+log = logging.getLogger("criu_macvlan")
 
 IFNAMSIZ = 16  # includes the terminating NUL: names have at most 15 bytes
 PREFIX = "macvlan["
@@ -90,6 +93,20 @@ def merge(pairs: Iterable[tuple[str, str]], base: Mapping[str, str] | None = Non
             )
         result[inner] = outer
     return result
+
+
+def overlay(result: dict[str, str], origins: dict[str, str], later: Mapping[str, str], origin: str) -> None:
+    """Apply the mappings of a later source, ``origin``, to ``result``, as CRIU looks them up: the
+    later source wins. A parent it changes is logged, naming both sources (``origins``: the source
+    of each mapping in ``result``, kept up to date here)."""
+    for inner, outer in later.items():
+        lost = result.get(inner)
+        if lost is not None and lost != outer:
+            log.warning(
+                "%s from %s overrides %s from %s (CRIU uses the last source)",
+                format_mapping(inner, outer), origin, format_mapping(inner, lost), origins[inner],
+            )
+        result[inner], origins[inner] = outer, origin
 
 
 def from_externals(keys: Iterable[str]) -> dict[str, str]:

@@ -141,7 +141,9 @@ class Request:
 
         conf = criuconf.read_config(path)
         self.externals.extend(conf.externals)
-        self.mappings = mapmod.merge(conf.mappings.items(), self.mappings)
+        # CRIU reads the config file after the request's options: its mappings win, as there
+        origins = dict.fromkeys(self.mappings, "the request")
+        mapmod.overlay(self.mappings, origins, conf.mappings, path)
         if conf.empty_ns_net:
             self.empty_ns = True
         elif not self.empty_ns:

@@ -323,3 +323,19 @@ def test_rpc_request_hook_failure_is_logged_and_ignored(monkeypatch: pytest.Monk
     fakes[0].join(5)
     assert fakes[0].answers == [True]
     assert "criu_rpc_request hook failed (ignored): RuntimeError: broken early hook" in caplog.text
+
+
+def test_an_rpc_config_file_wins_over_the_request_as_in_criu(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """CRIU reads an RPC ``config_file`` after the request's options, and looks up the last external
+    added first: the file's parent is the one used, and one line names both sources."""
+    from criu_macvlan.request import Request
+
+    conf = tmp_path / "engine.conf"
+    conf.write_text("external macvlan[mv0]:eth7\nexternal macvlan[mv1]:eth1\n")
+    request = Request(str(tmp_path), {"config_file": str(conf)}, {"mv0": "eth0", "mv2": "eth2"})
+    try:
+        assert request.mappings == {"mv0": "eth7", "mv1": "eth1", "mv2": "eth2"}
+    finally:
+        request.close()
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"macvlan[mv0]:eth7 from {conf} overrides macvlan[mv0]:eth0 from the request" in line
