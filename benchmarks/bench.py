@@ -283,25 +283,36 @@ def pidfile_pid(images: str) -> int:
     return int(Path(pidfile(images)).read_text())
 
 
+def cli_dump(pid: int, images: str, script: str | None = None, env: dict[str, str] | None = None) -> None:
+    """``criu dump``, with ``script`` as its action script if given."""
+    action = ["--action-script", script] if script else []
+    criu_cli("dump", "-t", str(pid), *action, images=images, logname="dump.log", env=env)
+
+
+def cli_restore(images: str, n: int, parent: str, script: str | None = None,
+                env: dict[str, str] | None = None) -> int:
+    """``criu restore -d`` of the N links onto ``parent``, with ``script`` as its action script if given."""
+    action = ["--action-script", script] if script else []
+    ext = [a for e in externals(n, parent) for a in ("--external", e)]
+    criu_cli("restore", "-d", "--pidfile", pidfile(images), *action, *ext, images=images, logname="restore.log",
+             env=env)
+    return pidfile_pid(images)
+
+
 def cli_native_dump(pid: int, images: str) -> None:
-    criu_cli("dump", "-t", str(pid), images=images, logname="dump.log")
+    cli_dump(pid, images)
 
 
 def cli_script_dump(pid: int, images: str, env: dict[str, str] | None = None) -> None:
-    criu_cli("dump", "-t", str(pid), "--action-script", str(ACTION), images=images, logname="dump.log", env=env)
+    cli_dump(pid, images, str(ACTION), env)
 
 
 def cli_native_restore(images: str, n: int, parent: str) -> int:
-    ext = [a for e in externals(n, parent) for a in ("--external", e)]
-    criu_cli("restore", "-d", "--pidfile", pidfile(images), *ext, images=images, logname="restore.log")
-    return pidfile_pid(images)
+    return cli_restore(images, n, parent)
 
 
 def cli_script_restore(images: str, n: int, parent: str, env: dict[str, str] | None = None) -> int:
-    ext = [a for e in externals(n, parent) for a in ("--external", e)]
-    criu_cli("restore", "-d", "--pidfile", pidfile(images), "--action-script", str(ACTION), *ext,
-             images=images, logname="restore.log", env=env)
-    return pidfile_pid(images)
+    return cli_restore(images, n, parent, str(ACTION), env)
 
 
 class Served:
@@ -354,13 +365,10 @@ class Noop:
         self.script = noop_script(lab)
 
     def dump(self, pid: int, images: str) -> None:
-        criu_cli("dump", "-t", str(pid), "--action-script", self.script, images=images, logname="dump.log")
+        cli_dump(pid, images, self.script)
 
     def restore(self, images: str, n: int, parent: str) -> int:
-        ext = [a for e in externals(n, parent) for a in ("--external", e)]
-        criu_cli("restore", "-d", "--pidfile", pidfile(images), "--action-script", self.script, *ext,
-                 images=images, logname="restore.log")
-        return pidfile_pid(images)
+        return cli_restore(images, n, parent, self.script)
 
 
 def cold_floor_restore(images: str, n: int, parent: str) -> int:
@@ -872,17 +880,17 @@ def downtime_targets(downtime: dict[str, Any] | None) -> list[dict[str, Any]]:
                    f"medians of {downtime['runs']}")]
 
 
-def _script_cost(samples: Sample, n: int) -> float:
-    """Seconds a no-op action script adds to a native restore (0 if not measured)."""
-    a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (NOOP, "criu (native)"))
-    return a - b if a is not None and b is not None else 0.0
+def script_cost(samples: Sample, op: str, n: int) -> float | None:
+    """Seconds a no-op action script adds to a native ``op``; ``None`` if not measured."""
+    a, b = (median_of(samples, "cmdline", p, op, n) for p in (NOOP, "criu (native)"))
+    return a - b if a is not None and b is not None else None
 
 
-def cold_script_bound(samples: Sample) -> float | None:
-    """The least a cold action script can cost at N=1, x native: native, the cold imports while CRIU
+def cold_script_bound(samples: Sample, n: int = 1) -> float | None:
+    """The least a cold action script can cost at N=n, x native: native, the cold imports while CRIU
     waits, and CRIU's own cost of running any action script."""
-    a, b = (median_of(samples, "cmdline", p, "restore", 1) for p in (COLD_FLOOR, "criu (native)"))
-    return (a + _script_cost(samples, 1)) / b if a is not None and b else None
+    a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
+    return (a + (script_cost(samples, "restore", n) or 0.0)) / b if a is not None and b else None
 
 
 def build_bounds(samples: Sample) -> list[dict[str, Any]]:
@@ -892,17 +900,18 @@ def build_bounds(samples: Sample) -> list[dict[str, Any]]:
     out = []
     for op in ("restore", "dump"):
         for n in (1, 100):
-            a, b = (median_of(samples, "cmdline", p, op, n) for p in (NOOP, "criu (native)"))
-            if a is not None and b:
-                out.append({"bound": f"any action script {op}, N={n}", "value": a / b, "unit": "x native",
-                            "detail": f"native {op} with a no-op action script: +{(a - b) * 1e3:.1f} ms "
+            cost, native = script_cost(samples, op, n), median_of(samples, "cmdline", "criu (native)", op, n)
+            if cost is not None and native:
+                out.append({"bound": f"any action script {op}, N={n}", "value": 1 + cost / native, "unit": "x native",
+                            "detail": f"native {op} with a no-op action script: +{cost * 1e3:.1f} ms "
                                       "(CRIU forks and execs it for every action)"})
     for n in sorted({int(k) for k in samples.get("cmdline", {}).get(COLD_FLOOR, {}).get("restore", {})}):
         a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
-        if a is None or not b:
+        bound = cold_script_bound(samples, n)
+        if a is None or not b or bound is None:
             continue
-        script = _script_cost(samples, n)
-        out.append({"bound": f"cold action script restore, N={n}", "value": (a + script) / b, "unit": "x native",
+        script = script_cost(samples, "restore", n) or 0.0
+        out.append({"bound": f"cold action script restore, N={n}", "value": bound, "unit": "x native",
                     "detail": f"native restore, then the cold imports: +{(a - b) * 1e3:.1f} ms; "
                               f"and what any action script costs: +{script * 1e3:.1f} ms"})
         first = median_of(samples, "inproc", DRIVER_ALONE, TO_FIRST, n)

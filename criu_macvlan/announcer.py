@@ -25,7 +25,7 @@ import time
 from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
 from .errors import HOOK_PROG, printable
 from .proc import detach_fds
-from .rundir import RUN_DIR, remove_tree
+from .rundir import RUN_DIR, private_dir, remove_tree, write_pid
 
 WAIT_FOR_GO = 600.0  # seconds a waiting process waits to be told to go
 
@@ -46,11 +46,11 @@ def _detach(keep: list[int]) -> list[int] | None:
         os._exit(1)
 
 
-def _orphan(keep: list[int], pid_path: str) -> list[int] | None:
+def _orphan(keep: list[int], dir_fd: int) -> list[int] | None:
     """One fork, for a caller about to exit (a hook, a served action): its child is then
     re-parented, so no intermediate process need be forked and waited for while CRIU waits.
     In the child (own session, stdio on /dev/null, no fd but ``keep``), ``keep``'s fds there;
-    ``None`` in the caller once it wrote the child's pid to ``pid_path`` (whole, by a rename)."""
+    ``None`` in the caller once it wrote the child's pid to file ``pid`` of ``dir_fd``."""
     child = os.fork()
     if child == 0:
         try:
@@ -58,9 +58,7 @@ def _orphan(keep: list[int], pid_path: str) -> list[int] | None:
             return detach_fds(keep)
         except BaseException:
             os._exit(1)
-    with open(f"{pid_path}.tmp", "w", encoding="ascii") as f:
-        f.write(f"{child}\n")
-    os.rename(f"{pid_path}.tmp", pid_path)
+    write_pid(dir_fd, child)
     return None
 
 
@@ -207,16 +205,17 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
     ``hooks/criu-macvlan-action``). ``False`` if there is none."""
     path = runtime_dir(criu_pid)
     fds: list[int] = []
+    dir_fd = -1
     try:
         fds += [os.pidfd_open(criu_pid), os.pidfd_open(pid)]
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         remove_tree(path)  # a dead announcer's of a recycled pid
-        os.mkdir(path, 0o700)
+        dir_fd = private_dir(path, make=True)
         for name in ("go", "done"):
-            os.mkfifo(f"{path}/{name}", 0o600)
-            fds.append(os.open(f"{path}/{name}", os.O_RDWR | os.O_CLOEXEC))
+            os.mkfifo(name, 0o600, dir_fd=dir_fd)
+            fds.append(os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd))
         fds.append(_log_fd())
-        if (kept := _orphan(fds, f"{path}/pid")) is not None:  # pragma: no cover - the detached process
+        if (kept := _orphan(fds, dir_fd)) is not None:  # pragma: no cover - the detached process
             try:
                 _announcer(path, schedule, pid, indexes, known, *kept)
             finally:
@@ -228,6 +227,8 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
     finally:
         for fd in fds:
             os.close(fd)
+        if dir_fd >= 0:
+            os.close(dir_fd)
     return True
 
 

@@ -90,6 +90,6 @@ def remove_tree(path: str) -> None:
     """``rm -rf path``, quietly; nothing to import when there is nothing to remove."""
     if not os.path.lexists(path):
         return
-    import shutil  # here: at import it loads bz2 and lzma, a cost for every cold hook
+    import shutil  # here: at import it loads bz2 and lzma, a cost for every cold hook that removes nothing
 
     shutil.rmtree(path, ignore_errors=True)

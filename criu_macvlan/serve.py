@@ -51,7 +51,6 @@ import gc
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import stat
@@ -63,7 +62,7 @@ from .action import main as run_action
 from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
 from .proc import stat_fields
-from .rundir import NO_HELPER_ENV, private_dir, write_pid
+from .rundir import NO_HELPER_ENV, private_dir, remove_tree, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
 DIR_ENV = "CRIU_MACVLAN_SERVE_DIR"
@@ -126,7 +125,7 @@ def serve(path: str | None = None, idle_timeout: float | None = None, ready: Cal
         for s, handler in old.items():
             signal.signal(s, handler)
         if passed is None:
-            shutil.rmtree(path, ignore_errors=True)
+            remove_tree(path)
         _log_peak_memory()
 
 
@@ -200,7 +199,7 @@ def _claim(path: str) -> int:
             except ProcessLookupError:
                 pass  # a dead helper: take over
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     try:
         os.mkdir(path, 0o700)
         dir_fd = private_dir(path)

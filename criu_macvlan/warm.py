@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import gc
 import os
-import shutil
 import signal
 import sys
 
 from . import serve
 from .proc import detach_fds
-from .rundir import NO_HELPER_ENV, RUN_DIR, per_dump_dir, private_dir, sweep, write_pid
+from .rundir import NO_HELPER_ENV, RUN_DIR, per_dump_dir, private_dir, remove_tree, sweep, write_pid
 
 IDLE_TIMEOUT = 3600.0
 
@@ -46,14 +45,14 @@ def start(criu_pid: int) -> int | None:
         fds.append(os.pidfd_open(criu_pid))
         os.makedirs(RUN_DIR, mode=0o700, exist_ok=True)
         sweep()
-        shutil.rmtree(path, ignore_errors=True)  # an earlier helper's (it keeps its own fds)
+        remove_tree(path)  # an earlier helper's (it keeps its own fds)
         os.mkdir(path, 0o700)
         os.mkfifo(f"{path}/req", 0o600)
         fds.append(os.open(f"{path}/req", os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC))
         rd, wr = os.pipe()
         child = os.fork()
     except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         for fd in fds:
             os.close(fd)
         return None
@@ -74,7 +73,7 @@ def start(criu_pid: int) -> int | None:
         answer = f.read().strip()
     os.waitpid(child, 0)
     if not answer.isdigit():
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         return None
     return int(answer)
 
@@ -93,6 +92,6 @@ def _run(criu_pid: int, path: str, ready: int, pidfd: int, req: int) -> None:  #
         gc.freeze()  # as serve: the children's collections leave the loaded objects alone
         serve.run_loop(req, int(IDLE_TIMEOUT * 1000), criu_pid, pidfd)
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         sys.stderr.flush()
         os._exit(0)

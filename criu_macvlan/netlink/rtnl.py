@@ -305,23 +305,21 @@ class Rtnl:
 
     def add_address(self, index: int, addr: pb.macvlan_addr) -> None:
         """Add ``addr`` to link ``index``; an address that is already there is fine."""
-        try:
-            self._request(addr_request(index, addr), RTM_NEWADDR, NLM_F_NEW)
-        except PyrNetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return
-            local = ip_to_str(addr.family, addr.address)
-            raise NetlinkError(f"cannot add address {local}/{addr.prefixlen}: {errmsg(exc)}") from exc
+        what = f"address {ip_to_str(addr.family, addr.address)}/{addr.prefixlen}"
+        self._add(addr_request(index, addr), RTM_NEWADDR, what)
 
     def add_route(self, index: int, route: pb.macvlan_route) -> None:
         """Add ``route`` via link ``index``; a route that is already there is fine."""
+        where = ip_to_str(route.family, route.dst) if route.HasField("dst") else "default"
+        self._add(route_request(index, route), RTM_NEWROUTE, f"route {where}/{route.dst_len}")
+
+    def _add(self, msg: Any, msg_type: int, what: str) -> None:
+        """Send a creating request; the kernel's EEXIST (already there, as restored before) is fine."""
         try:
-            self._request(route_request(index, route), RTM_NEWROUTE, NLM_F_NEW)
+            self._request(msg, msg_type, NLM_F_NEW)
         except PyrNetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return
-            where = ip_to_str(route.family, route.dst) if route.HasField("dst") else "default"
-            raise NetlinkError(f"cannot add route {where}/{route.dst_len}: {errmsg(exc)}") from exc
+            if exc.code != errno.EEXIST:
+                raise NetlinkError(f"cannot add {what}: {errmsg(exc)}") from exc
 
 
 T = TypeVar("T")
