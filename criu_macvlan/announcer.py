@@ -23,7 +23,8 @@ import threading
 import time
 
 from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
-from .errors import HOOK_PROG, printable
+from .errors import HOOK_PROG, CriuMacvlanError, printable
+from .netns import open_of_pid
 from .proc import detach_fds
 from .rundir import RUN_DIR, private_dir, remove_tree, write_pid
 
@@ -62,18 +63,28 @@ def _orphan(keep: list[int], dir_fd: int) -> list[int] | None:
     return None
 
 
+def _netns_of(pid: int, pidfd: int) -> int | None:
+    """An fd of the netns of process ``pid``; ``None`` once it exited (``pidfd`` says so, and a
+    recycled pid is never entered)."""
+    try:
+        ns = open_of_pid(pid)
+    except CriuMacvlanError:
+        return None
+    if select.select([pidfd], [], [], 0)[0]:
+        os.close(ns)
+        return None
+    return ns
+
+
 def _socket_in(pid: int, pidfd: int) -> socket.socket | None:
-    """A packet socket in the netns of process ``pid`` (``None`` once it exited: ``pidfd``
-    says so, and a recycled pid is never entered). The process stays in its own netns."""
+    """A packet socket in the netns of process ``pid`` (``None`` once it exited). The process
+    stays in its own netns."""
     from .netlink import entered
 
-    try:
-        ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    ns = _netns_of(pid, pidfd)
+    if ns is None:
         return None
     try:
-        if select.select([pidfd], [], [], 0)[0]:
-            return None
         with entered(ns):
             return packet_socket()
     finally:
@@ -88,18 +99,20 @@ def first_round(pid: int, pidfd: int, indexes: list[int], known: list[LinkFrames
     grace period, milliseconds)."""
     from .netlink import entered
 
-    sock = _socket_in(pid, pidfd)
-    if sock is None:
+    ns = _netns_of(pid, pidfd)
+    if ns is None:
         return [], {}, None
     try:
-        links = known
-        if links is None:
-            ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        with entered(ns):  # once, for the socket and, if needed, the links' addresses
+            sock = packet_socket()
             try:
-                with entered(ns):
-                    links = read_links(indexes)
-            finally:
-                os.close(ns)
+                links = known if known is not None else read_links(indexes)
+            except BaseException:
+                sock.close()
+                raise
+    finally:
+        os.close(ns)
+    try:
         return links, send_round(sock, links), sock
     except BaseException:
         sock.close()

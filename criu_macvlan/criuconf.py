@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from . import engines, mappings
 from .errors import UsageError
+from .proc import strings
 
 GLOBAL_CONFIG = "/etc/criu/default.conf"
 USER_CONFIG = ".criu/default.conf"
@@ -295,11 +296,9 @@ def criu_pid_from_env(env: dict[str, str] | os._Environ[str]) -> int | None:
 
 def _read_proc_list(pid: int, name: str) -> list[str]:
     try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            raw = f.read()
+        return strings(pid, name)
     except OSError:
         return []
-    return [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0") if a]
 
 
 def read_cmdline(pid: int) -> list[str]:

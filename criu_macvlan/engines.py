@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UsageError
-from .proc import parent_of
+from .proc import parent_of, strings
 
 RUNC_CONFIG = "/etc/criu/runc.conf"
 CRUN_CONFIG = "/etc/criu/crun.conf"
@@ -70,8 +70,7 @@ def engine_of(criu_pid: int) -> Engine | None:
     try:
         with open(f"/proc/{ppid}/comm", encoding="utf-8", errors="replace") as f:
             name = f.read().strip()
-        with open(f"/proc/{ppid}/cmdline", "rb") as fb:
-            argv = [a.decode("utf-8", "surrogateescape") for a in fb.read().split(b"\0") if a]
+        argv = strings(ppid, "cmdline")
     except OSError:
         return None
     try:

@@ -1,4 +1,4 @@
-"""Process plumbing the helpers share: ``/proc/<pid>/stat``, and the fds of a detached process.
+"""Process plumbing the helpers share: ``/proc/<pid>/{stat,cmdline,environ}``, a detached process's fds.
 
 ``/proc/<pid>/stat`` is read one way: the command name is in parentheses and may
 hold blanks and ``)``, so the fields are split after its last ``)``. Bytes, not
@@ -37,6 +37,13 @@ def stat_fields(pid: int) -> list[bytes]:
     ``[19]`` start time); ``OSError`` if there is no such process."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         return f.read().rsplit(b")", 1)[-1].split()
+
+
+def strings(pid: int, name: str) -> list[str]:
+    """The NUL-separated strings of ``/proc/<pid>/<name>`` (``cmdline``, ``environ``), decoded as
+    file names are (undecodable bytes kept as surrogates); ``OSError`` if there is no such process."""
+    with open(f"/proc/{pid}/{name}", "rb") as f:
+        return [os.fsdecode(item) for item in f.read().split(b"\0") if item]
 
 
 def parent_of(pid: int) -> int | None:

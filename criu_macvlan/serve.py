@@ -61,7 +61,7 @@ from typing import NoReturn
 from .action import main as run_action
 from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
-from .proc import stat_fields
+from .proc import stat_fields, strings
 from .rundir import NO_HELPER_ENV, private_dir, remove_tree, write_pid
 
 SERVE_DIR = "/run/criu-macvlan/serve"
@@ -341,16 +341,15 @@ def shim_request(token: int, criu_pid: int | None = None) -> dict[str, str] | No
     With ``criu_pid``: only that CRIU process's ``PER_DUMP_ACTIONS``.
     """
     try:
-        with open(f"/proc/{token}/environ", "rb") as f:
-            raw = f.read()
+        items = strings(token, "environ")
         ppid = int(stat_fields(token)[1])
     except (OSError, ValueError, IndexError):
         return None
     env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
+    for item in items:
+        key, sep, value = item.partition("=")
         if sep:
-            env[os.fsdecode(key)] = os.fsdecode(value)
+            env[key] = value
     images = env.get("CRTOOLS_IMAGE_DIR", "")
     action = env.get("CRTOOLS_SCRIPT_ACTION", "")
     if not action or not images.startswith(f"/proc/{ppid}/fd/"):
