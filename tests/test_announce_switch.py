@@ -130,6 +130,13 @@ def restore(path: str, sw: Switch, procs: Procs, images: Path, announce: bool = 
     return procs.adopt(int(pidfile.read_text()))
 
 
+def assert_reported_before_resume(images: Path) -> None:
+    """Action script: the announcer's own report (CRIU_MACVLAN_DEBUG) is in CRIU's log, written
+    before CRIU resumed the tasks (pre-resume waits for a first round not out yet)."""
+    log = (images / "restore.log").read_text()
+    assert log.index("criu-macvlan-action: announced ") < log.index("Restore finished successfully")
+
+
 @pytest.fixture
 def served() -> Iterator[None]:
     """``criu-macvlan serve`` in a runtime dir of this test's own, seen by the action script."""
@@ -164,6 +171,8 @@ def test_the_switch_learns_the_new_port_at_restore(net: Net, procs: Procs, image
     restore(path, sw, procs, images, empty=empty)
     assert sw.port_of_mac() == sw.b + "p"  # before any traffic of the service or the client
     assert sw.ping()  # the first ping after the restore is answered
+    if path == "action-script":
+        assert_reported_before_resume(images)
 
 
 @pytest.mark.integration
@@ -172,6 +181,7 @@ def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path
     dump_service(sw, procs, images)
     restore("action-script", sw, procs, images)
     assert "criu-macvlan serve" in (images / "restore.log").read_text()
+    assert_reported_before_resume(images)
     assert sw.port_of_mac() == sw.b + "p"
     assert sw.ping()
 

@@ -339,3 +339,21 @@ def test_a_macvlan_whose_ifindex_a_host_link_has_is_restored(net: Net, procs: Pr
     assert restored["ifindex"] == taken
     assert restored["link_index"] == links_json()[b]["ifindex"]
     assert links_json()[a]["ifindex"] == taken  # the host link is untouched
+
+
+def test_rpc_config_file_wins_over_the_request_as_in_criu(
+    net: Net, procs: Procs, images: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """rpc.Criu with a mapping and a ``config_file`` that names another parent for the same link:
+    the link comes back on the file's parent, as CRIU would pick, and one line names both."""
+    a, b, c = net.veth("pa"), net.veth("pb"), net.veth("pc")
+    pid = procs.tree()
+    net.macvlan_into(pid, "mv0", a, "mode", "bridge")
+    dump(Criu(CRIU), pid, images)
+    conf = tmp_path / "engine.conf"
+    conf.write_text(f"external macvlan[mv0]:{c}\n")
+    new = restore(Criu(CRIU), images, procs, {"mv0": b}, config_file=str(conf))
+    assert links_json(new)["mv0"]["link_index"] == links_json()[c]["ifindex"]
+    assert [r.getMessage() for r in caplog.records if "overrides" in r.getMessage()] == [
+        f"macvlan[mv0]:{c} from {conf} overrides macvlan[mv0]:{b} from the request (CRIU uses the last source)"
+    ]
