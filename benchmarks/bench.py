@@ -888,9 +888,10 @@ def script_cost(samples: Sample, op: str, n: int) -> float | None:
 
 def cold_script_bound(samples: Sample, n: int = 1) -> float | None:
     """The least a cold action script can cost at N=n, x native: native, the cold imports while CRIU
-    waits, and CRIU's own cost of running any action script."""
+    waits, and CRIU's own cost of running any action script (never below 0: a no-op script that
+    measured faster than native CRIU is noise, as in a one-run smoke check)."""
     a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
-    return (a + (script_cost(samples, "restore", n) or 0.0)) / b if a is not None and b else None
+    return (a + max(0.0, script_cost(samples, "restore", n) or 0.0)) / b if a is not None and b else None
 
 
 def build_bounds(samples: Sample) -> list[dict[str, Any]]:
@@ -910,7 +911,7 @@ def build_bounds(samples: Sample) -> list[dict[str, Any]]:
         bound = cold_script_bound(samples, n)
         if a is None or not b or bound is None:
             continue
-        script = script_cost(samples, "restore", n) or 0.0
+        script = max(0.0, script_cost(samples, "restore", n) or 0.0)
         out.append({"bound": f"cold action script restore, N={n}", "value": bound, "unit": "x native",
                     "detail": f"native restore, then the cold imports: +{(a - b) * 1e3:.1f} ms; "
                               f"and what any action script costs: +{script * 1e3:.1f} ms"})
