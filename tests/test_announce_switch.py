@@ -126,8 +126,9 @@ def restore(path: str, sw: Switch, procs: Procs, images: Path, announce: bool = 
     res = criu("restore", "-d", "--pidfile", str(pidfile), *SCRIPT, *externals, *ns,
                images=images, log="restore.log", env=env)
     assert res.returncode == 0
+    pid = procs.adopt(int(pidfile.read_text()))  # first: ended by the fixture even if a check below fails
     assert "cannot announce" not in (images / "restore.log").read_text()
-    return procs.adopt(int(pidfile.read_text()))
+    return pid
 
 
 def assert_reported_before_resume(images: Path) -> None:
