@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .errors import HOOK_PROG, CriuMacvlanError, ExitCode, HookError, ImageError, printable
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from .manager import Hooks
 
 PROG = HOOK_PROG
+Later = Callable[[], None]
 _warm: dict[str, Hooks] = {}  # see keep_warm
 
 
@@ -63,7 +65,9 @@ def _hooks() -> Hooks:
     return hooks
 
 
-def run(env: os._Environ[str] | dict[str, str]) -> int:
+def run(env: os._Environ[str] | dict[str, str], later: list[Later] | None = None) -> int:
+    """Run ``env``'s action; the exit code. What the hooks leave for after the answer
+    (:attr:`.ActionContext.later`) goes to ``later``, or runs here if it is ``None``."""
     from .hookspecs import ACTIONS
 
     action = env.get("CRTOOLS_SCRIPT_ACTION", "")
@@ -113,15 +117,31 @@ def run(env: os._Environ[str] | dict[str, str]) -> int:
             delivered.record(env_pid, action)
         if action == "pre-dump" and env_pid is not None:
             keep_warm(hooks)  # for the per-dump helper the hook's entry point forks next (criu_macvlan.hook)
+        if later is None:
+            run_later(ctx.later)
+        else:
+            later.extend(ctx.later)
     finally:
         if images.fd >= 0:
             images.close()
     return ExitCode.OK
 
 
-def main(env: os._Environ[str] | dict[str, str] = os.environ) -> int:
+def run_later(work: list[Later]) -> None:
+    """Run what the hooks left for after the answer; each keeps its own errors, a bug is logged."""
+    for call in work:
+        try:
+            call()
+        except Exception as exc:
+            logging.getLogger("criu_macvlan").warning(
+                "work left for after the answer failed: %s: %s", type(exc).__name__, exc)
+    work.clear()
+
+
+def main(env: os._Environ[str] | dict[str, str] = os.environ, later: list[Later] | None = None) -> int:
+    """:func:`run`, with a failure as one line on stderr and its exit code."""
     try:
-        return run(env)
+        return run(env, later)
     except CriuMacvlanError as exc:
         action = env.get("CRTOOLS_SCRIPT_ACTION", "")
         where = "" if isinstance(exc, HookError) or not action else f"{action}: "  # a hook's names it already

@@ -6,6 +6,7 @@ import contextlib
 import enum
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,11 @@ class ActionContext:
             while CRIU waits stops when it exits (:mod:`.watch`).
         criu_rpc: an action script run by a CRIU in RPC mode (an engine's): the
             RPC client's options, ``opts.external`` included, are out of its sight.
+        later: work a hook leaves for after CRIU has its answer, so that CRIU
+            goes on sooner: in action-script mode the process that ran the action
+            runs it after answering (or the per-dump helper, before it serves);
+            in RPC mode right after the hooks. Each call must keep its own errors
+            and leave its result where the action that needs it finds it.
     """
 
     action: str
@@ -90,3 +96,4 @@ class ActionContext:
     state: dict[str, Any] = field(default_factory=dict)
     criu_pid: int | None = None
     criu_rpc: bool = False
+    later: list[Callable[[], None]] = field(default_factory=list)

@@ -11,20 +11,25 @@ import logging
 import os
 import sys
 
+from .action import Later, run_later
 from .action import main as run_action
 from .errors import ExitCode
 
 
 def main(env: os._Environ[str] | dict[str, str] = os.environ) -> int:
-    code = run_action(env)
+    later: list[Later] = []
+    code = run_action(env, later)
+    helper = None
     if code == ExitCode.OK and env.get("CRTOOLS_SCRIPT_ACTION") == "pre-dump":
         from . import criuconf, warm
 
         criu_pid = criuconf.criu_pid_from_env(env)
-        if criu_pid is not None and (helper := warm.start(criu_pid)) is not None:
+        if criu_pid is not None and (helper := warm.start(criu_pid, later)) is not None:
             logging.getLogger("criu_macvlan").debug(
                 "warm helper %d serves the later actions of criu %d", helper, criu_pid
             )
+    if code == ExitCode.OK and helper is None:
+        run_later(later)  # nothing outlives us to run it
     return code
 
 

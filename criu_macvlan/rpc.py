@@ -51,6 +51,7 @@ import socket
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from .action import run_later
 from .errors import CriuError, CriuMacvlanError, ExitCode, HookError
 from .request import Request, pycriu, resp_error, rpc_pb2, tail_of_log
 from .swrk import Swrk, recv, send
@@ -284,6 +285,7 @@ class Criu:
         ctx = request.context(action, pid)
         try:
             self.hooks.run(ctx)
+            run_later(ctx.later)  # nothing runs after our answer to CRIU here: the hooks' later work now
             if self.notify is not None:
                 call_notify(self.notify, action, ctx.pid)
         except HookError as exc:

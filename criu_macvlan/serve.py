@@ -58,6 +58,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from .action import Later, run_later
 from .action import main as run_action
 from .activation import SYSTEMD_PID, adopt, listen_fd
 from .errors import UsageError
@@ -366,21 +367,25 @@ def handle(rep: int, token: int, criu_pid: int | None = None) -> None:
     """
     env = shim_request(token, criu_pid)
     code = None
+    later: list[Later] = []
     if env is not None:
         env[NO_HELPER_ENV] = "1"  # pre-dump served here: no per-dump helper, we serve post-dump too
         os.environ.clear()
         os.environ.update(env)
         helper = f"criu-macvlan serve (pid {os.getppid()})" if criu_pid is None else f"warm helper {os.getppid()}"
-        code = run_for_hook(token, env, helper)
+        code = run_for_hook(token, env, helper, later)
     _answer(rep, "refused" if code is None else str(code))
+    if code == 0:
+        run_later(later)  # CRIU goes on meanwhile
 
 
-def run_for_hook(token: int, env: dict[str, str], helper: str) -> int | None:
+def run_for_hook(token: int, env: dict[str, str], helper: str, later: list[Later]) -> int | None:
     """Run ``env``'s action for the waiting hook process ``token``; its exit code.
 
     The action's messages go to the hook's stderr (CRIU's log, opened ``O_APPEND``
     as CRIU does), as if the hook ran the action itself. ``None`` if that stderr
-    cannot be opened (e.g. a socket): the hook then runs the action itself.
+    cannot be opened (e.g. a socket): the hook then runs the action itself. What
+    the hooks leave for after the answer goes to ``later``.
     """
     try:
         err = os.open(f"/proc/{token}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -389,7 +394,7 @@ def run_for_hook(token: int, env: dict[str, str], helper: str) -> int | None:
     os.dup2(err, 2)
     os.close(err)
     try:
-        code = run_action(env)
+        code = run_action(env, later)
         logging.getLogger("criu_macvlan").debug(
             "%s ran %s: exit code %d", helper, env["CRTOOLS_SCRIPT_ACTION"], code
         )

@@ -29,14 +29,15 @@ import signal
 import sys
 
 from . import serve
+from .action import Later, run_later
 from .proc import detach_fds
 from .rundir import NO_HELPER_ENV, RUN_DIR, per_dump_dir, private_dir, remove_tree, sweep, write_pid
 
 IDLE_TIMEOUT = 3600.0
 
 
-def start(criu_pid: int) -> int | None:
-    """Fork a helper for CRIU process ``criu_pid``; its pid, or ``None`` if there is none."""
+def start(criu_pid: int, later: list[Later]) -> int | None:
+    """Fork a helper for CRIU process ``criu_pid`` that first runs ``later``; its pid, or ``None`` if none."""
     if os.environ.get(NO_HELPER_ENV, "") not in ("", "0") or not hasattr(os, "pidfd_open") or os.geteuid() != 0:
         return None  # the hook trusts a helper's directory only if it is root's
     path = per_dump_dir(criu_pid)
@@ -62,7 +63,7 @@ def start(criu_pid: int) -> int | None:
             os.close(rd)
             os.setsid()
             if os.fork() == 0:  # the helper says its pid itself, once its pid file is there for the shim
-                _run(criu_pid, path, wr, *fds)
+                _run(criu_pid, path, later, wr, *fds)
         except BaseException:
             code = 1
         os._exit(code)
@@ -78,17 +79,21 @@ def start(criu_pid: int) -> int | None:
     return int(answer)
 
 
-def _run(criu_pid: int, path: str, ready: int, pidfd: int, req: int) -> None:  # pragma: no cover
-    """The helper (forked); never returns. Its pid goes to ``ready`` once its pid file is written."""
+def _run(criu_pid: int, path: str, later: list[Later], ready: int, pidfd: int, req: int) -> None:  # pragma: no cover
+    """The helper (forked); never returns. Its pid goes to ``ready`` once its pid file is written;
+    then it runs ``later`` (pre-dump's work left for after its answer), then it serves."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on a plain kill too
     signal.signal(signal.SIGCHLD, serve.reap)
     try:
-        pidfd, req, ready = detach_fds([pidfd, req, ready])
         dir_fd = private_dir(path)
         write_pid(dir_fd)
         os.close(dir_fd)
         os.write(ready, f"{os.getpid()}\n".encode())
         os.close(ready)
+        # Before detach_fds, which would close the fds it works on (the stage's lock, the netns);
+        # a request meanwhile waits in req, and the child serving it forks after this.
+        run_later(later)
+        pidfd, req = detach_fds([pidfd, req])
         gc.freeze()  # as serve: the children's collections leave the loaded objects alone
         serve.run_loop(req, int(IDLE_TIMEOUT * 1000), criu_pid, pidfd)
     finally:

@@ -264,24 +264,30 @@ def test_version_and_check() -> None:
         Criu("/nonexistent/criu").version()
 
 
-@pytest.mark.parametrize("how", ["rpc", "action-script"])
-def test_parent_inside_the_dumped_netns_is_refused(procs: Procs, images: Path, how: str) -> None:
-    """Over RPC the links are read while CRIU dumps, so the refusal comes at post-dump; CRIU resumes the tree."""
-    from helpers import ACTION_SCRIPT, criu
+@pytest.mark.parametrize("how", ["rpc", "action-script", "served"])
+def test_parent_inside_the_dumped_netns_is_refused(procs: Procs, images: Path, how: str,
+                                                   request: pytest.FixtureRequest) -> None:
+    """The links are read while CRIU goes on (over RPC from the request on, with the action script after
+    pre-dump's answer), so the refusal comes at post-dump, once; CRIU resumes the tree."""
+    from helpers import ACTION_SCRIPT, criu, env_for
 
     pid = procs.tree()
     ip("link", "add", "vin", "type", "veth", "peer", "name", "vinp", pid=pid)
     ip("link", "add", "mvin", "link", "vin", "type", "macvlan", "mode", "bridge", pid=pid)
-    refusal = "macvlan 'mvin' sits on a parent inside the dumped network namespace"
+    refusal = "post-dump: macvlan 'mvin' sits on a parent inside the dumped network namespace"
     if how == "rpc":
         with pytest.raises(HookError) as err:
             dump(Criu(CRIU), pid, images)
-        assert str(err.value).startswith(f"post-dump: {refusal}")
+        assert str(err.value).startswith(refusal)
     else:
+        env = env_for(request.getfixturevalue("served")[0]) if how == "served" else None
         res = criu("dump", "-t", str(pid), "--action-script", str(ACTION_SCRIPT), images=images, log="dump.log",
-                   check=False)
+                   check=False, env=env)
         assert res.returncode != 0
-        assert f"pre-dump: {refusal}" in (images / "dump.log").read_text()
+        log = (images / "dump.log").read_text()
+        assert [line for line in log.splitlines() if "sits on a parent" in line] == [
+            f"criu-macvlan-action: {refusal} (ifindex {links_json(pid)['vin']['ifindex']}); only parents outside "
+            "it can be remapped"]
     assert alive(pid)
     assert not (images / "macvlan.img").exists()
     assert not [n for n in os.listdir(images) if n.startswith(".criu-macvlan")]

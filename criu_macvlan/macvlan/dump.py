@@ -1,17 +1,19 @@
 """Dump: read the macvlans of the tree's netns, stage them, commit ``macvlan.img`` and convert CRIU's netdev images.
 
-``pre-dump`` reads every macvlan of the tree's netns (plus its addresses and
-routes) and stages a complete sidecar as a hidden file in the images dir;
-``post-dump`` commits it as ``macvlan.img`` and switches the links' entries in
-CRIU's ``netdev-<id>.img`` from MACVLAN to EXTLINK, so that CRIU leaves the
-creation of those links to us; ``network-unlock`` drops a stage that a failed
-dump never committed. Over RPC the read starts in ``criu_rpc_request`` (the
-tree's netns is checked there, before CRIU's first notification) and goes on in
-a :class:`Reader` thread while CRIU dumps; ``post-dump`` takes what it found.
+``pre-dump`` checks and opens the tree's netns, then reads every macvlan in it
+(plus its addresses and routes) and stages a complete sidecar as a hidden file in
+the images dir, after CRIU has its answer (:mod:`.staging`); ``post-dump`` commits
+it as ``macvlan.img`` and switches the links' entries in CRIU's
+``netdev-<id>.img`` from MACVLAN to EXTLINK, so that CRIU leaves the creation of
+those links to us; ``network-unlock`` drops a stage that a failed dump never
+committed. Over RPC the read starts in ``criu_rpc_request`` (the tree's netns is
+checked there, before CRIU's first notification) and goes on in a
+:class:`Reader` thread while CRIU dumps; ``post-dump`` takes what it found.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -20,6 +22,7 @@ from .. import macvlan_pb2 as pb
 from .. import netns as nsutil
 from ..context import ActionContext
 from ..errors import CriuMacvlanError
+from . import staging
 from .session import require_pid, session
 
 NETNS_EXTERNAL_PREFIX = "net["
@@ -42,14 +45,32 @@ def start_reading(ctx: ActionContext) -> None:
 def pre_dump(ctx: ActionContext) -> None:
     dir_fd = ctx.images.fd
     images.remove_temp_files(dir_fd)
-    images.unlink(dir_fd, images.STAGED)
+    staging.drop(dir_fd)
     s = session(ctx)
     s.take_error()
     if s.reader is not None:  # it reads on while CRIU dumps; post-dump stages and commits
         return
-    found = _read_tree(ctx, require_pid(ctx))
-    if found is not None:
-        _stage(ctx, *found)
+    pid = require_pid(ctx)
+    opened = _open_tree(ctx, pid)
+    if opened is None:
+        return
+    try:
+        pending = staging.begin(dir_fd)
+    except BaseException:
+        os.close(opened[0])
+        os.close(opened[1])
+        raise
+    head = _head(ctx, opened[2])
+
+    def read() -> bytes | None:
+        found = _read_links(*opened)
+        if found is None:
+            ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
+            return None
+        ctx.log.info("staged %d macvlan link(s): %s", len(found[0]), ", ".join(lk.name for lk in found[0]))
+        return images.encode(head, found[0])
+
+    ctx.later.append(lambda: pending.run(read))
 
 
 def post_dump(ctx: ActionContext) -> None:
@@ -70,7 +91,7 @@ def post_dump(ctx: ActionContext) -> None:
             ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
     if not committed:
         images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
-        images.unlink(dir_fd, images.STAGED)
+        staging.drop(dir_fd)
     ctx.log.info("saved %d macvlan link(s) in %s", len(sidecar.links), images.SIDECAR)
 
 
@@ -87,6 +108,7 @@ def sidecar_to_commit(ctx: ActionContext) -> tuple[images.Sidecar, bool] | None:
     found = reader.result() if reader is not None else None
     if found is not None:
         return images.Sidecar(_head(ctx, found[1]), found[0]), False
+    staging.wait(dir_fd)
     staged = images.read_file(dir_fd, images.STAGED)
     if staged is not None:
         return images.decode(staged, images.STAGED), False
@@ -99,7 +121,9 @@ def network_unlock(ctx: ActionContext) -> None:
     reader, s.reader = s.reader, None
     if reader is not None:  # a dump that failed before post-dump: let the reader finish
         reader.join()
-    if images.unlink(ctx.images.fd, images.STAGED):
+    with contextlib.suppress(CriuMacvlanError):  # what it failed with no longer matters
+        staging.wait(ctx.images.fd)
+    if staging.drop(ctx.images.fd):
         ctx.log.info("dump did not complete: dropped the staged macvlan state")
     images.remove_temp_files(ctx.images.fd)
 
@@ -153,15 +177,6 @@ def _read_links(target: int, own: int, inode: int) -> Found | None:
     return links, inode
 
 
-def _read_tree(ctx: ActionContext, pid: int) -> Found | None:
-    """The macvlans of tree ``pid``'s netns and that netns's inode; ``None`` if nothing to save."""
-    opened = _open_tree(ctx, pid)
-    found = _read_links(*opened) if opened is not None else None
-    if opened is not None and found is None:
-        ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
-    return found
-
-
 class Reader(threading.Thread):
     """RPC mode: reads the macvlans in the background (once :meth:`start`\\ ed); ``post-dump`` takes them.
 
@@ -196,11 +211,6 @@ def _head(ctx: ActionContext, inode: int) -> pb.macvlan_head:
     if ctx.empty_ns is not None:
         head.empty_ns = ctx.empty_ns
     return head
-
-
-def _stage(ctx: ActionContext, links: list[pb.macvlan_link], inode: int) -> None:
-    images.write_atomic(ctx.images.fd, images.STAGED, images.encode(_head(ctx, inode), links))
-    ctx.log.info("staged %d macvlan link(s): %s", len(links), ", ".join(lk.name for lk in links))
 
 
 def _refuse_macvlans_in_other_netns(ctx: ActionContext, pid: int, root_fd: int, own_fd: int) -> None:
