@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, SCRIPT, Net, Procs, alive, criu, env_for, links_json, start_serve, stop_serve, unique
 
-from criu_macvlan import serve
+from criu_macvlan import serve, spare
 
 CLI = Path(sys.executable).with_name("criu-macvlan")
 
@@ -89,8 +89,8 @@ def test_one_helper_per_dir_and_a_dead_one_is_no_harm(net: Net, procs: Procs, im
 
 
 def test_requests_that_do_not_check_out_are_ignored() -> None:
-    assert serve.shim_request(os.getpid()) is None  # no CRTOOLS_* in our environment
-    assert serve.shim_request(2**22 + 12345) is None  # no such process
+    assert spare.shim_request(os.getpid()) is None  # no CRTOOLS_* in our environment
+    assert spare.shim_request(2**22 + 12345) is None  # no such process
 
 
 @pytest.mark.integration

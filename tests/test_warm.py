@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, alive, criu, criu_stand_in, ip
 
-from criu_macvlan import serve
+from criu_macvlan import spare
 from criu_macvlan.rundir import per_dump_dir
 
 
@@ -176,7 +176,7 @@ def test_requests_the_helper_refuses(tmp_path: Path) -> None:
         shim = subprocess.Popen(["sh", "-c", "echo; read -r _"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:
             assert shim.stdout is not None and shim.stdout.readline() == b"\n"
-            return serve.shim_request(shim.pid, criu_pid)
+            return spare.shim_request(shim.pid, criu_pid)
         finally:
             shim.kill()
             shim.wait()
@@ -187,7 +187,7 @@ def test_requests_the_helper_refuses(tmp_path: Path) -> None:
         for action in ("post-dump", "network-unlock"):
             served = request(action, ours)
             assert served is not None and served["CRTOOLS_SCRIPT_ACTION"] == action
-        assert serve.shim_request(os.getpid()) is None  # not a hook at all
+        assert spare.shim_request(os.getpid()) is None  # not a hook at all
         assert request("pre-dump", ours) is None  # not served
         assert request("post-dump", ours, criu_pid=os.getppid()) is None  # another criu's hook
         assert request("post-dump", f"/proc/{os.getppid()}/fd/{held}") is None  # another process's images dir
