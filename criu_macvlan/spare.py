@@ -23,7 +23,6 @@ from .proc import stat_fields, strings
 from .rundir import NO_HELPER_ENV
 
 PER_DUMP_ACTIONS = ("post-dump", "network-unlock")  # what a helper scoped to one CRIU process serves
-NEXT_SPARE_DELAY = 20  # ms: see Spare.wait
 
 
 class Spare:
@@ -31,9 +30,7 @@ class Spare:
     nor our reading and handing over is on the clock of a waiting shim."""
 
     def __init__(self, ctl: socket.socket) -> None:
-        # It writes "!" here when it has taken a request, and closes it once it has answered;
-        # closed by us: it exits unused.
-        self.ctl = ctl
+        self.ctl = ctl  # it says here when it has taken a request; closed: it exits unused
 
     @classmethod
     def fork(cls, req: int, criu_pid: int | None) -> Spare | None:
@@ -60,17 +57,12 @@ class Spare:
     def wait(self, timeout: int, stop: int | None = None) -> bool:
         """``True`` once it has taken a request (or died), ``False`` after ``timeout`` ms without or on ``stop``.
 
-        Having taken one, it is waited for until it has answered, at most ``NEXT_SPARE_DELAY`` ms: the
-        next spare's fork, and its copying of our pages, then leave the CPUs to the action and the
-        waiting CRIU. A request meanwhile waits in ``req``.
+        The service then forks the next spare at once: while the shim and CRIU wait for this
+        one, not later, when CRIU works again (measured: forking it once this one had exited
+        made restores slower).
         """
         try:
-            if not poll(self.ctl.fileno(), timeout, stop):
-                return False
-            with contextlib.suppress(OSError):
-                if self.ctl.recv(1):  # taken, not died
-                    poll(self.ctl.fileno(), NEXT_SPARE_DELAY)
-            return True
+            return poll(self.ctl.fileno(), timeout, stop)
         finally:
             self.close()
 
@@ -127,7 +119,8 @@ def _serve_one(req: int, ctl: int, stops: set[signal.Signals], criu_pid: int | N
             if any(fd == ctl for fd, _ in poller.poll()):
                 os._exit(0)  # unused: the service stopped
             request = _request(read_line(req))
-        os.write(ctl, b"!")  # taken
+        os.write(ctl, b"!")  # the service forks the next spare
+        os.close(ctl)
         os.close(req)
         rep = _open_reply(*request)
         later: list[Later] = []
@@ -141,7 +134,7 @@ def _serve_one(req: int, ctl: int, stops: set[signal.Signals], criu_pid: int | N
             except BaseException:
                 _answer(rep, "refused")  # the hook runs Python rather than wait
                 raise
-        run_later(later)  # CRIU goes on meanwhile; the service forks the next spare once we exit
+        run_later(later)  # CRIU goes on meanwhile
     finally:
         sys.stderr.flush()
         os._exit(code)
