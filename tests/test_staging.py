@@ -91,3 +91,27 @@ def test_a_read_that_never_ends_is_waited_for_until_the_deadline(dir_fd: int) ->
 def test_a_stage_written_whole_is_not_waited_for(tmp_path: Path, dir_fd: int) -> None:
     (tmp_path / staging.STAGED).write_bytes(b"a stage")
     staging.wait(dir_fd, timeout=0)
+
+
+def test_a_second_delivery_leaves_the_first_ones_read_alone(tmp_path: Path, dir_fd: int) -> None:
+    import logging
+
+    from criu_macvlan.context import ActionContext, ImagesDir, Mode
+    from criu_macvlan.plugin import MacvlanPlugin
+
+    pending = staging.begin(dir_fd)
+    try:
+        assert staging.reading(dir_fd)
+        (tmp_path / ".criu-macvlan.tmp-1-abcd").write_bytes(b"the first reader's stage, half written")
+        d = ImagesDir.open(str(tmp_path))
+        try:
+            ctx = ActionContext(action="pre-dump", mode=Mode.ACTION_SCRIPT, images=d, pid=os.getpid(),
+                                log=logging.getLogger("t"))
+            MacvlanPlugin().criu_pre_dump(ctx)  # would otherwise drop both, and read our own netns
+        finally:
+            d.close()
+        assert ctx.later == []
+        assert sorted(os.listdir(tmp_path)) == [".criu-macvlan.staged", ".criu-macvlan.tmp-1-abcd"]
+    finally:
+        pending.close()
+    assert not staging.reading(dir_fd)

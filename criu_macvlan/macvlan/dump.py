@@ -44,6 +44,9 @@ def start_reading(ctx: ActionContext) -> None:
 
 def pre_dump(ctx: ActionContext) -> None:
     dir_fd = ctx.images.fd
+    if staging.reading(dir_fd):
+        ctx.log.debug("pre-dump delivered again: the first delivery's read goes on")
+        return
     images.remove_temp_files(dir_fd)
     staging.drop(dir_fd)
     s = session(ctx)

@@ -90,6 +90,19 @@ class Pending:
             images.write_atomic(self._dir_fd, FAILED, message.encode("utf-8", "replace"))
 
 
+def reading(dir_fd: int) -> bool:
+    """A read is going on: the stage is locked (the same ``pre-dump`` delivered again, as runc's CRIU
+    does, where no marker answered the second delivery)."""
+    try:
+        fd = os.open(STAGED, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        return not _try_lock(fd)
+    finally:
+        os.close(fd)
+
+
 def wait(dir_fd: int, timeout: float = WAIT) -> None:
     """Return once no read of ``pre-dump``'s is going on; raise what it failed with, if it did."""
     try:
