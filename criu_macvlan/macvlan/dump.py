@@ -55,25 +55,8 @@ def pre_dump(ctx: ActionContext) -> None:
         return
     pid = require_pid(ctx)
     opened = _open_tree(ctx, pid)
-    if opened is None:
-        return
-    try:
-        pending = staging.begin(dir_fd)
-    except BaseException:
-        os.close(opened[0])
-        os.close(opened[1])
-        raise
-    head = _head(ctx, opened[2])
-
-    def read() -> bytes | None:
-        found = _read_links(*opened)
-        if found is None:
-            ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
-            return None
-        ctx.log.info("staged %d macvlan link(s): %s", len(found[0]), ", ".join(lk.name for lk in found[0]))
-        return images.encode(head, found[0])
-
-    ctx.later.append(lambda: pending.run(read))
+    if opened is not None:
+        _stage_after_the_answer(ctx, pid, opened)
 
 
 def post_dump(ctx: ActionContext) -> None:
@@ -178,6 +161,28 @@ def _read_links(target: int, own: int, inode: int) -> Found | None:
                 f"(ifindex {link.parent.ifindex}); only parents outside it can be remapped"
             )
     return links, inode
+
+
+def _stage_after_the_answer(ctx: ActionContext, pid: int, opened: tuple[int, int, int]) -> None:
+    """Leave the read of the links of the netns ``opened`` (:func:`_open_tree`) and their stage for
+    after CRIU has ``pre-dump``'s answer (:mod:`.staging`); the stage exists, empty, from now on."""
+    try:
+        pending = staging.begin(ctx.images.fd)
+    except BaseException:
+        os.close(opened[0])
+        os.close(opened[1])
+        raise
+    head = _head(ctx, opened[2])
+
+    def read() -> bytes | None:
+        found = _read_links(*opened)
+        if found is None:
+            ctx.log.debug("no macvlan in the network namespace of tree %d", pid)
+            return None
+        ctx.log.info("staged %d macvlan link(s): %s", len(found[0]), ", ".join(lk.name for lk in found[0]))
+        return images.encode(head, found[0])
+
+    ctx.later.append(lambda: pending.run(read))
 
 
 class Reader(threading.Thread):
