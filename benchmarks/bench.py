@@ -902,7 +902,7 @@ def cold_script_bound(samples: Sample, n: int = 1) -> float | None:
     waits, and CRIU's own cost of running any action script (never below 0: a no-op script that
     measured faster than native CRIU is noise, as in a one-run smoke check)."""
     a, b = (median_of(samples, "cmdline", p, "restore", n) for p in (COLD_FLOOR, "criu (native)"))
-    return (a + max(0.0, script_cost(samples, "restore", n) or 0.0)) / b if a is not None and b else None
+    return a / b + (any_script_bound(samples, "restore", n) or 1.0) - 1 if a is not None and b else None
 
 
 def build_bounds(samples: Sample) -> list[dict[str, Any]]:

@@ -28,8 +28,8 @@ def main(env: os._Environ[str] | dict[str, str] = os.environ) -> int:
             logging.getLogger("criu_macvlan").debug(
                 "warm helper %d serves the later actions of criu %d", helper, criu_pid
             )
-    if code == ExitCode.OK and helper is None:
-        run_later(later)  # nothing outlives us to run it
+    if helper is None:
+        run_later(later)  # nothing outlives us to run it (empty unless the action succeeded)
     return code
 
 

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from .action import Later, run_later
 from .action import main as run_action
-from .proc import stat_fields, strings
+from .proc import parent_of, strings
 from .rundir import NO_HELPER_ENV
 
 PER_DUMP_ACTIONS = ("post-dump", "network-unlock")  # what a helper scoped to one CRIU process serves
@@ -147,8 +147,10 @@ def shim_request(token: int, criu_pid: int | None = None) -> dict[str, str] | No
     """
     try:
         items = strings(token, "environ")
-        ppid = int(stat_fields(token)[1])
-    except (OSError, ValueError, IndexError):
+    except OSError:
+        return None
+    ppid = parent_of(token)
+    if ppid is None:
         return None
     env: dict[str, str] = {}
     for item in items:
@@ -180,7 +182,7 @@ def handle(rep: int, token: int, criu_pid: int | None = None) -> list[Later]:
         helper = f"criu-macvlan serve (pid {os.getppid()})" if criu_pid is None else f"warm helper {os.getppid()}"
         code = run_for_hook(token, env, helper, later)
     _answer(rep, "refused" if code is None else str(code))
-    return later if code == 0 else []
+    return later  # empty unless the action succeeded
 
 
 def run_for_hook(token: int, env: dict[str, str], helper: str, later: list[Later]) -> int | None:
@@ -213,16 +215,16 @@ def _open_reply(token: int, reader: int) -> int | None:
     ``reader`` must be the shim or a process it started (at most two forks down),
     and its stdin a pipe: the only place an answer is written to.
     """
+    pid: int | None = reader
+    for _ in range(2):  # the shim itself, its child or its grandchild
+        if pid is None or pid == token:
+            break
+        pid = parent_of(pid)
+    if pid != token:
+        return None
     try:
-        pid = reader
-        for _ in range(3):
-            if pid == token:
-                break
-            pid = int(stat_fields(pid)[1])
-        else:
-            return None
         rep = os.open(f"/proc/{reader}/fd/0", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
     try:
         if stat.S_ISFIFO(os.fstat(rep).st_mode):

@@ -28,7 +28,6 @@ import os
 import signal
 import sys
 
-from . import serve
 from .action import Later, run_later
 from .proc import detach_fds
 from .rundir import NO_HELPER_ENV, RUN_DIR, per_dump_dir, private_dir, remove_tree, sweep, write_pid
@@ -83,13 +82,15 @@ def _run(criu_pid: int, path: str, later: list[Later], ready: int, pidfd: int, r
     """The helper (forked); never returns. Its pid goes to ``ready`` once its pid file is written;
     then it runs ``later`` (pre-dump's work left for after its answer), then it serves."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # clean up on a plain kill too
-    signal.signal(signal.SIGCHLD, serve.reap)
     try:
         dir_fd = private_dir(path)
         write_pid(dir_fd)
         os.close(dir_fd)
         os.write(ready, f"{os.getpid()}\n".encode())
         os.close(ready)
+        from . import serve  # here, not at the top: the hook that forks us need not wait for it
+
+        signal.signal(signal.SIGCHLD, serve.reap)
         # Before detach_fds, which would close the fds it works on (the stage's lock, the netns);
         # a request meanwhile waits in req, and the child serving it forks after this.
         run_later(later)

@@ -96,7 +96,7 @@ def reading(dir_fd: int) -> bool:
     try:
         fd = os.open(STAGED, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError:
-        return False
+        return False  # no stage, or not one of ours: reading it says which
     try:
         return not _try_lock(fd)
     finally:
@@ -105,19 +105,11 @@ def reading(dir_fd: int) -> bool:
 
 def wait(dir_fd: int, timeout: float = WAIT) -> None:
     """Return once no read of ``pre-dump``'s is going on; raise what it failed with, if it did."""
-    try:
-        fd = os.open(STAGED, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        fd = -1  # no stage, or not one of ours: reading it says which
-    if fd >= 0:
-        try:
-            deadline = time.monotonic() + timeout
-            while not _try_lock(fd):
-                if time.monotonic() > deadline:
-                    raise CriuMacvlanError(f"pre-dump's read of the macvlans did not finish in {timeout:g} s")
-                time.sleep(_POLL)
-        finally:
-            os.close(fd)
+    deadline = time.monotonic() + timeout
+    while reading(dir_fd):  # opened anew each time: the finished stage is a new file, never locked
+        if time.monotonic() > deadline:
+            raise CriuMacvlanError(f"pre-dump's read of the macvlans did not finish in {timeout:g} s")
+        time.sleep(_POLL)
     failed = images.read_file(dir_fd, FAILED, limit=4096)
     if failed is not None:
         raise CriuMacvlanError(printable(failed.decode("utf-8", "replace")))
