@@ -104,25 +104,26 @@ def test_dump_reply_decodes_like_ifinfmsg(link: pb.macvlan_link) -> None:
     data = _reply(link)
     generic = compat.ifinfmsg(data)
     generic.decode()
-    facts = codec.MacvlanFacts(data)
+    facts = codec.LinkReply(data)
     facts.decode()
     expected = codec.to_macvlan(generic)
     assert expected.name == link.name and expected.parent.link_netnsid == 0 and expected.parent.ifindex == 5
     assert list(expected.source_macs) == list(link.source_macs)
     assert codec.to_macvlan(facts) == expected
     assert codec.link_kind(facts) == "macvlan"
-    assert {name for name, _ in codec.MacvlanFacts.kept.values()} >= {a.name for a in facts["attrs"]}
-    assert facts.get_attr("IFLA_MAX_MTU") is None and generic.get_attr("IFLA_MAX_MTU") == 65535
+    assert {name for name, _ in codec.LinkReply.kept.values()} >= {a.name for a in facts["attrs"]}
+    assert facts.get_attr("IFLA_MAX_MTU") == generic.get_attr("IFLA_MAX_MTU") == 65535
+    assert facts.get_attr("IFLA_BROADCAST") is None and generic.get_attr("IFLA_BROADCAST") == "ff:ff:ff:ff:ff:ff"
 
 
 def test_dump_reply_of_another_kind_is_skipped() -> None:
-    veth = codec.MacvlanFacts(_reply(_links()[0], kind="veth"))
+    veth = codec.LinkReply(_reply(_links()[0], kind="veth"))
     veth.decode()
     assert codec.to_macvlan(veth) is None
     bare = compat.ifinfmsg()
     bare["attrs"] = [("IFLA_IFNAME", "lo")]
     bare["header"]["type"] = compat.RTM_NEWLINK
-    plain = codec.MacvlanFacts(_encoded(bare))
+    plain = codec.LinkReply(_encoded(bare))
     plain.decode()
     assert codec.to_macvlan(plain) is None
 

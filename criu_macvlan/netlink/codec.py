@@ -61,21 +61,33 @@ def ip_to_str(family: int, raw: bytes) -> str:
 # ------------------------------------------------------------ decoding
 
 
-class MacvlanFacts(ifinfmsg):  # type: ignore[misc]
-    """An RTM_NEWLINK reply that decodes only the attributes :func:`to_macvlan` reads.
+class LinkReply(ifinfmsg):  # type: ignore[misc]
+    """An RTM_NEWLINK reply that decodes only the attributes our readers use
+    (:func:`to_macvlan`, :func:`describe_link`, the announcer's and the parents' lookups).
 
     pyroute2 makes an object for each of the ~40 attributes of a link as it parses
-    the message, most of which (statistics, AF_SPEC, queue counts, ...) a dump of
-    macvlans never reads. This message keeps only those in :attr:`kept`, each
-    decoded by pyroute2's own class for it, and answers ``get_attr`` like an
-    ``ifinfmsg`` for them (``None`` for the others).
+    the message, most of which (statistics, AF_SPEC, queue counts, ...) we never
+    read; in a forked ``serve`` child each of them is also fresh memory. This
+    message keeps only those in :attr:`kept`, each decoded by pyroute2's own class
+    for it, and answers ``get_attr`` like an ``ifinfmsg`` for them (``None`` for
+    the others).
     """
 
     kept: ClassVar[dict[int, tuple[str, type]]] = {
         nla_type: (name, getattr(ifinfmsg, kind))
         for nla_type, (name, kind) in enumerate(ifinfmsg.nla_map)
         if name
-        in {"IFLA_ADDRESS", "IFLA_IFNAME", "IFLA_MTU", "IFLA_LINK", "IFLA_TXQLEN", "IFLA_LINKINFO", "IFLA_LINK_NETNSID"}
+        in {
+            "IFLA_ADDRESS",
+            "IFLA_IFNAME",
+            "IFLA_MTU",
+            "IFLA_MAX_MTU",
+            "IFLA_LINK",
+            "IFLA_MASTER",
+            "IFLA_TXQLEN",
+            "IFLA_LINKINFO",
+            "IFLA_LINK_NETNSID",
+        }
     }
 
     def decode_nlas(self, offset: int) -> None:

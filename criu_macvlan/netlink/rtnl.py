@@ -20,7 +20,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from queue import SimpleQueue
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .. import macvlan_pb2 as pb
 from ..errors import NetlinkError
@@ -28,7 +28,7 @@ from ..netns import entered
 from .codec import (
     IFF_UP,
     NLM_F_NEW,
-    MacvlanFacts,
+    LinkReply,
     addr_request,
     encode,
     ip_to_str,
@@ -87,6 +87,12 @@ Results = list[tuple[pb.macvlan_link, NetlinkError | None]]  # each link sent, a
 KeepGoing = Callable[[], bool] | None  # asked between batches of new links
 
 
+class _Marshal(RtnlMarshal):
+    """Every link read here is decoded lean (:class:`LinkReply`)."""
+
+    msg_map: ClassVar[dict[int, type]] = {**RtnlMarshal.msg_map, RTM_NEWLINK: LinkReply}
+
+
 class Rtnl:
     """One rtnetlink socket bound to one network namespace."""
 
@@ -94,7 +100,7 @@ class Rtnl:
         try:
             with entered(netns_fd):
                 self._sock: Any = NetlinkSocket(NETLINK_ROUTE, nlm_generator=True)
-            self._sock.marshal = RtnlMarshal()
+            self._sock.marshal = _Marshal()
             self._sock.bind()
             self._batch_seq = 0x10000
         except OSError as exc:
@@ -139,7 +145,7 @@ class Rtnl:
         return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
     def macvlan_links(self, keep: Keep | None = None) -> list[Any]:
-        """Like :meth:`links`, for macvlans only, as :class:`MacvlanFacts` (read by :func:`to_macvlan`).
+        """Like :meth:`links`, for macvlans only.
 
         The request asks the kernel for macvlans only (``ip link show type
         macvlan``; Linux 4.15+, older kernels send every link) and no statistics.
@@ -148,12 +154,7 @@ class Rtnl:
         msg["family"] = socket.AF_UNSPEC
         kind = {"attrs": [("IFLA_INFO_KIND", "macvlan")]}
         msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS), ("IFLA_LINKINFO", kind)]
-        msg_map = self._sock.marshal.msg_map
-        msg_map[RTM_NEWLINK] = MacvlanFacts
-        try:
-            return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
-        finally:
-            msg_map[RTM_NEWLINK] = ifinfmsg
+        return self._request(msg, RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP, keep)
 
     def link(self, *, name: str | None = None, index: int | None = None) -> Any | None:
         """One link by name or index (without statistics), or ``None`` if there is none."""
