@@ -65,9 +65,10 @@ def _hooks() -> Hooks:
     return hooks
 
 
-def run(env: os._Environ[str] | dict[str, str], later: list[Later] | None = None) -> int:
+def run(env: os._Environ[str] | dict[str, str], later: list[Later] | None = None, served: bool = False) -> int:
     """Run ``env``'s action; the exit code. What the hooks leave for after the answer
-    (:attr:`.ActionContext.later`) goes to ``later``, or runs here if it is ``None``."""
+    (:attr:`.ActionContext.later`) goes to ``later``, or runs here if it is ``None``.
+    ``served``: :attr:`.ActionContext.served`."""
     from .hookspecs import ACTIONS
 
     action = env.get("CRTOOLS_SCRIPT_ACTION", "")
@@ -108,6 +109,7 @@ def run(env: os._Environ[str] | dict[str, str], later: list[Later] | None = None
             log=log,
             criu_pid=env_pid,
             criu_rpc=opts.rpc,
+            served=served and later is not None,
         )
         hooks.run(ctx)
         if env_pid is not None:
@@ -138,10 +140,11 @@ def run_later(work: list[Later]) -> None:
     work.clear()
 
 
-def main(env: os._Environ[str] | dict[str, str] = os.environ, later: list[Later] | None = None) -> int:
+def main(env: os._Environ[str] | dict[str, str] = os.environ, later: list[Later] | None = None,
+         served: bool = False) -> int:
     """:func:`run`, with a failure as one line on stderr and its exit code."""
     try:
-        return run(env, later)
+        return run(env, later, served)
     except CriuMacvlanError as exc:
         action = env.get("CRTOOLS_SCRIPT_ACTION", "")
         where = "" if isinstance(exc, HookError) or not action else f"{action}: "  # a hook's names it already

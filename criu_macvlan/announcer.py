@@ -16,17 +16,19 @@ out), and nothing of the restored netns between rounds.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import socket
 import threading
 import time
 
+from .action import Later
 from .announce import LinkFrames, Schedule, packet_socket, read_links, send_round, summary, warning
 from .errors import HOOK_PROG, CriuMacvlanError, printable
 from .netns import open_of_pid
 from .proc import detach_fds
-from .rundir import RUN_DIR, private_dir, remove_tree, write_pid
+from .rundir import RUN_DIR, announce_dir, private_dir, remove_tree, sweep, write_pid
 
 WAIT_FOR_GO = 600.0  # seconds a waiting process waits to be told to go
 
@@ -208,15 +210,18 @@ def _wait_and_repeat(rd: int, schedule: Schedule) -> None:
     _repeat(pid, pidfd, links, schedule)
 
 
-def runtime_dir(criu_pid: int) -> str:
-    return f"{RUN_DIR}/announce.{criu_pid}"
-
-
-def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: list[LinkFrames] | None) -> bool:
+def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: list[LinkFrames] | None,
+        later: list[Later] | None = None) -> bool:
     """Action-script mode: leave a detached announcer for ``post-setup-namespaces`` of CRIU
     ``criu_pid`` restoring the tree of ``pid`` (the shim wakes it, see
-    ``hooks/criu-macvlan-action``). ``False`` if there is none."""
-    path = runtime_dir(criu_pid)
+    ``hooks/criu-macvlan-action``). ``False`` if there is none.
+
+    With ``later`` (run by a process that goes on after CRIU has its answer: a served
+    child), that process becomes the announcer once CRIU has the answer, so no fork is on
+    CRIU's clock. Either way its runtime dir, FIFOs and pid are there before the answer:
+    a ``go`` written before it listens waits in the FIFO.
+    """
+    path = announce_dir(criu_pid)
     fds: list[int] = []
     dir_fd = -1
     try:
@@ -228,7 +233,11 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
             os.mkfifo(name, 0o600, dir_fd=dir_fd)
             fds.append(os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd))
         fds.append(_log_fd())
-        if (kept := _orphan(fds, dir_fd)) is not None:  # pragma: no cover - the detached process
+        if later is not None:
+            write_pid(dir_fd)
+            later.append(functools.partial(_become, path, schedule, pid, indexes, known, fds))
+            fds = []  # the announcer's now
+        elif (kept := _orphan(fds, dir_fd)) is not None:  # pragma: no cover - the detached process
             try:
                 _announcer(path, schedule, pid, indexes, known, *kept)
             finally:
@@ -243,6 +252,17 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
         if dir_fd >= 0:
             os.close(dir_fd)
     return True
+
+
+def _become(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
+            fds: list[int]) -> None:  # pragma: no cover - a served child (tested end to end)
+    """A served child after its answer: the announcer, in a session of its own with no fd but ``fds``."""
+    try:
+        os.setsid()
+        _announcer(path, schedule, pid, indexes, known, *detach_fds(fds))
+    finally:
+        remove_tree(path)
+        sweep()  # the announce dir of a served action that failed after it armed one
 
 
 def _log_fd() -> int:

@@ -82,6 +82,10 @@ class ActionContext:
             runs it after answering (or the per-dump helper, before it serves);
             in RPC mode right after the hooks. Each call must keep its own errors
             and leave its result where the action that needs it finds it.
+        served: the action runs in a child of a helper (``serve``, the per-dump
+            helper) that goes on once CRIU has its answer: ``later`` then never runs
+            before the answer, so it may wait for CRIU's next action. A cold hook
+            may run ``later`` before it exits, while CRIU waits.
     """
 
     action: str
@@ -97,3 +101,4 @@ class ActionContext:
     criu_pid: int | None = None
     criu_rpc: bool = False
     later: list[Callable[[], None]] = field(default_factory=list)
+    served: bool = False

@@ -14,7 +14,13 @@ import stat
 from .proc import stat_fields
 
 RUN_DIR = "/run/criu-macvlan"
+ANNOUNCE_PREFIX = "announce."
 NO_HELPER_ENV = "CRIU_MACVLAN_NO_HELPER"  # pre-dump leaves no per-dump helper
+
+
+def announce_dir(criu_pid: int) -> str:
+    """The runtime dir of the announcer ``setup-namespaces`` leaves for CRIU process ``criu_pid``."""
+    return f"{RUN_DIR}/{ANNOUNCE_PREFIX}{criu_pid}"
 
 
 def per_dump_dir(criu_pid: int) -> str:
@@ -53,22 +59,26 @@ def write_pid(dir_fd: int, pid: int | None = None) -> None:
 
 
 def sweep() -> None:
-    """Remove the per-dump dirs of helpers whose CRIU is gone (a SIGKILLed helper leaves its dir).
+    """Remove the runtime dirs of helpers and announcers whose CRIU is gone (a SIGKILLed helper
+    leaves its dir, and so does a served action that armed an announcer and then failed).
 
-    A dir is named after its CRIU process: stale if that pid is dead, a zombie, or a
-    process started after the dir was last changed (the pid was reused).
+    A dir is named after its CRIU process (``PID``, ``announce.PID``): stale if that pid is
+    dead, a zombie, or a process started after the dir was last changed (the pid was reused).
     """
     try:
-        names = [n for n in os.listdir(RUN_DIR) if n.isdigit()]
+        names = os.listdir(RUN_DIR)
     except OSError:
         return
     for name in names:
-        path = per_dump_dir(int(name))
+        pid = name.removeprefix(ANNOUNCE_PREFIX)
+        if not pid.isdigit():
+            continue
+        path = f"{RUN_DIR}/{name}"
         try:
             changed = os.lstat(path).st_mtime
         except OSError:
             continue
-        started = _start_time(int(name))
+        started = _start_time(int(pid))
         if started is None or started > changed + 2:  # /proc/stat's btime is whole seconds
             remove_tree(path)
 

@@ -200,7 +200,7 @@ def run_for_hook(token: int, env: dict[str, str], helper: str, later: list[Later
     os.dup2(err, 2)
     os.close(err)
     try:
-        code = run_action(env, later)
+        code = run_action(env, later, served=True)
         logging.getLogger("criu_macvlan").debug(
             "%s ran %s: exit code %d", helper, env["CRTOOLS_SCRIPT_ACTION"], code
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, Net, Procs, ip, unique
 
-from criu_macvlan import announcer
+from criu_macvlan import rundir
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ def test_the_announcer_is_woken_then_waited_for_once(net: Net, procs: Procs, tmp
         with log.open("w") as err:
             subprocess.run([sys.executable, "-c", arm, str(criu.pid), str(pid), str(index)], check=True, timeout=30,
                            stderr=err, env={**os.environ, "CRIU_MACVLAN_DEBUG": "1"})
-        path = Path(announcer.runtime_dir(criu.pid))
+        path = Path(rundir.announce_dir(criu.pid))
         assert (path / "go").exists()
 
         for action in ("post-setup-namespaces", "pre-resume", "post-setup-namespaces", "pre-resume"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from segment import Announcements
 
 import criu_macvlan
 from criu_macvlan import netdev, serve
+from criu_macvlan.proc import parent_of
 
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 CLI = Path(sys.executable).with_name("criu-macvlan")
@@ -139,8 +141,8 @@ def assert_reported_before_resume(images: Path) -> None:
 
 
 @pytest.fixture
-def served() -> Iterator[None]:
-    """``criu-macvlan serve`` in a runtime dir of this test's own, seen by the action script."""
+def served() -> Iterator[int]:
+    """``criu-macvlan serve`` in a runtime dir of this test's own, seen by the action script; its pid."""
     path = f"/run/criu-macvlan/test-{unique('a')}"
     proc = subprocess.Popen([str(CLI), "serve", "--dir", path], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -148,7 +150,7 @@ def served() -> Iterator[None]:
     try:
         assert "serving at" in read_line(proc.stderr)
         os.environ[serve.DIR_ENV] = path
-        yield
+        yield proc.pid
     finally:
         if old is None:
             os.environ.pop(serve.DIR_ENV, None)
@@ -177,14 +179,26 @@ def test_the_switch_learns_the_new_port_at_restore(net: Net, procs: Procs, image
 
 
 @pytest.mark.integration
-def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path, served: None) -> None:
+def test_served_action_script_announces_too(net: Net, procs: Procs, images: Path, served: int,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The child of ``serve`` that ran setup-namespaces is the announcer itself (no fork while CRIU
+    waits): while its second round is due (30 s on) it is still that child, in a session of its own."""
+    monkeypatch.setenv("CRIU_MACVLAN_ANNOUNCE", "rounds=2,interval=30000")
     sw = Switch(net, procs)
     dump_service(sw, procs, images)
     restore("action-script", sw, procs, images)
-    assert "criu-macvlan serve" in (images / "restore.log").read_text()
+    log = (images / "restore.log").read_text()
+    assert "criu-macvlan serve" in log
     assert_reported_before_resume(images)
     assert sw.port_of_mac() == sw.b + "p"
     assert sw.ping()
+    announcer = int(log.split("more round(s) from pid ")[1].split()[0])
+    try:
+        assert parent_of(announcer) == served
+        assert os.getsid(announcer) == announcer
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(announcer, signal.SIGTERM)
 
 
 @pytest.mark.integration

@@ -246,8 +246,8 @@ def test_the_shared_caches_are_not_written_through_symlinks(tmp_path: Path) -> N
     assert (cache / "handled-actions").read_text() == "pre-dump\n"
 
 
-def stale_dir(pid: int, mtime: float | None = None) -> Path:
-    path = Path(rundir.per_dump_dir(pid))
+def stale_dir(pid: int, mtime: float | None = None, announce: bool = False) -> Path:
+    path = Path(rundir.announce_dir(pid) if announce else rundir.per_dump_dir(pid))
     path.mkdir(mode=0o700, parents=True)
     os.mkfifo(path / "req", 0o600)
     (path / "pid").write_text(f"{pid}\n")
@@ -257,13 +257,14 @@ def stale_dir(pid: int, mtime: float | None = None) -> Path:
 
 
 @pytest.mark.integration
-def test_pre_dump_sweeps_the_dirs_of_dead_helpers(procs: Procs, images: Path) -> None:
+def test_pre_dump_sweeps_the_dirs_of_dead_helpers_and_announcers(procs: Procs, images: Path) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
     reused = subprocess.Popen(["sleep", "1000"])  # its pid names a dir made long before it started
     live = subprocess.Popen(["sleep", "1000"])
     criu_proc = criu_stand_in(images)
-    made = [stale_dir(dead.pid), stale_dir(reused.pid, time.time() - 3600), stale_dir(live.pid)]
+    made = [stale_dir(dead.pid), stale_dir(reused.pid, time.time() - 3600), stale_dir(live.pid),
+            stale_dir(dead.pid, announce=True), stale_dir(live.pid, announce=True)]
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CRTOOLS_", "CRIU_MACVLAN_"))}
         env.update(CRTOOLS_SCRIPT_ACTION="pre-dump", CRTOOLS_IMAGE_DIR=f"/proc/{criu_proc.pid}/fd/9",
@@ -276,7 +277,7 @@ def test_pre_dump_sweeps_the_dirs_of_dead_helpers(procs: Procs, images: Path) ->
         while not (ours / "pid").exists() and time.monotonic() < deadline:
             time.sleep(0.02)
         assert (ours / "pid").exists()
-        assert [p.exists() for p in made] == [False, False, True]
+        assert [p.exists() for p in made] == [False, False, True, False, True]
         assert alive(int((ours / "pid").read_text()))
     finally:
         for p in (reused, live, criu_proc):
