@@ -12,8 +12,9 @@ Protocol, in ``/run/criu-macvlan/serve`` (or ``$CRIU_MACVLAN_SERVE_DIR``, read b
 the helper and the shim alike), mode 0700, root only:
 
 * the helper keeps the FIFO ``req`` open read-write and writes its pid to ``pid``;
-* the shim (``hooks/criu-macvlan-action``) checks that the directory and ``req``
-  are root's alone (owner root, mode 0700 and 0600, no symlink), and writes one
+* the shim (``hooks/criu-macvlan-action``) checks that the directory, ``req`` and
+  ``pid`` are root's (owner root, no symlink: nobody else can have made them; the
+  helper itself refuses a directory that is not root's 0700), and writes one
   line ``<its pid> <reader>`` to ``req``: ``reader`` is a process of the shim's
   whose stdin is a pipe it also holds open for writing;
 * a child the helper forked ahead of time reads the request from ``req`` itself
