@@ -258,7 +258,8 @@ def _become(path: str, schedule: Schedule, pid: int, indexes: list[int], known: 
             fds: list[int]) -> None:  # pragma: no cover - a served child (tested end to end)
     """A served child after its answer: the announcer, in a session of its own with no fd but ``fds``."""
     try:
-        os.setsid()
+        with contextlib.suppress(OSError):  # a group leader cannot: it then stays in the service's session
+            os.setsid()
         _announcer(path, schedule, pid, indexes, known, *detach_fds(fds))
     finally:
         remove_tree(path)
