@@ -238,6 +238,14 @@ def _umask() -> int:
     return 0o022
 
 
+def rename(dir_fd: int, old: str, new: str) -> None:
+    """Rename ``old`` over ``new`` in the images dir (atomic: readers see the old ``new`` or this one)."""
+    try:
+        os.rename(old, new, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError as exc:
+        raise ImageError(f"{new}: cannot rename {old} to it in the images directory: {exc.strerror or exc}") from exc
+
+
 def unlink(dir_fd: int, name: str) -> bool:
     try:
         os.unlink(name, dir_fd=dir_fd)

@@ -32,8 +32,11 @@ def staged_dump(tmp_path: Path) -> Iterator[tuple[Path, ActionContext]]:
 
 def test_post_dump_commits_and_converts(staged_dump: tuple[Path, ActionContext]) -> None:
     path, ctx = staged_dump
+    stage = (path / images.STAGED).stat()
     MacvlanPlugin().criu_post_dump(ctx)
     assert sorted(os.listdir(path)) == [images.SIDECAR, "netdev-9.img"]
+    assert (path / images.SIDECAR).stat().st_ino == stage.st_ino  # the stage itself, renamed
+    assert (path / images.SIDECAR).stat().st_mode == stage.st_mode
     assert netdev.summarize_netdev(ctx.images.fd, "netdev-9.img").converted == [("mv0", 3)]
     MacvlanPlugin().criu_post_dump(ctx)  # repeated: no change, no error
     assert sorted(os.listdir(path)) == [images.SIDECAR, "netdev-9.img"]
@@ -63,3 +66,16 @@ def test_network_unlock_sweeps_temp_files(staged_dump: tuple[Path, ActionContext
     (path / f"{images.TMP_PREFIX}123-abcd").write_bytes(b"partial")
     MacvlanPlugin().criu_network_unlock(ctx)
     assert os.listdir(path) == ["netdev-9.img"]
+
+
+def test_post_dump_without_netdev_images_marks_the_sidecar_empty_ns(staged_dump: tuple[Path, ActionContext]) -> None:
+    """CRIU wrote no netdev image (``--empty-ns net``): the sidecar says so, written anew from the stage."""
+    path, ctx = staged_dump
+    (path / "netdev-9.img").unlink()
+    staged = images.decode((path / images.STAGED).read_bytes(), images.STAGED)
+    staged.head.empty_ns = False  # as pre-dump stages a tree whose netns CRIU dumps
+    (path / images.STAGED).write_bytes(images.encode(staged.head, staged.links))
+    MacvlanPlugin().criu_post_dump(ctx)
+    assert os.listdir(path) == [images.SIDECAR]
+    sidecar = images.load(ctx.images.fd)
+    assert sidecar is not None and sidecar.head.empty_ns and [lk.ifindex for lk in sidecar.links] == [3]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from typing import Literal
 
 from .. import images, netdev
 from .. import macvlan_pb2 as pb
@@ -59,6 +60,9 @@ def pre_dump(ctx: ActionContext) -> None:
         _stage_after_the_answer(ctx, pid, opened)
 
 
+Origin = Literal["read", "staged", "committed"]  # of the sidecar post-dump saves (sidecar_to_commit)
+
+
 def post_dump(ctx: ActionContext) -> None:
     # The sidecar appears last, by an atomic rename: a post-dump that fails
     # earlier leaves no sidecar that looks valid.
@@ -66,40 +70,44 @@ def post_dump(ctx: ActionContext) -> None:
     source = sidecar_to_commit(ctx)
     if source is None:
         return  # no macvlan was staged: nothing to do
-    sidecar, committed = source
+    sidecar, origin = source
     netdevs = netdev.netdev_images(dir_fd)
-    if not committed and not netdevs:
+    if origin != "committed" and not netdevs:
         sidecar.head.empty_ns = True  # CRIU wrote no netdev image: --empty-ns net
+        origin = "read"  # not what the stage's head says: written anew
     ifindexes = {link.ifindex for link in sidecar.links}
     for name in netdevs:
         changed = netdev.convert_netdev(dir_fd, name, ifindexes)
         if changed:
             ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
-    if not committed:
+    if origin == "staged":  # the stage is this very sidecar: renamed, not written again
+        images.rename(dir_fd, images.STAGED, images.SIDECAR)
+    elif origin == "read":
         images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
+    if origin != "committed":
         staging.drop(dir_fd)
     ctx.log.info("saved %d macvlan link(s) in %s", len(sidecar.links), images.SIDECAR)
 
 
-def sidecar_to_commit(ctx: ActionContext) -> tuple[images.Sidecar, bool] | None:
-    """What ``post-dump`` saves, and whether it is committed already; ``None``: the dump has no macvlan.
+def sidecar_to_commit(ctx: ActionContext) -> tuple[images.Sidecar, Origin] | None:
+    """What ``post-dump`` saves, and where it comes from; ``None``: the dump has no macvlan.
 
-    From the first of: the links the RPC :class:`Reader` found, the stage
-    ``pre-dump`` wrote, or (a repeated ``post-dump``, whose netdev part must
-    still be done) the ``macvlan.img`` committed before.
+    From the first of: the links the RPC :class:`Reader` found (``"read"``), the
+    stage ``pre-dump`` wrote (``"staged"``), or (a repeated ``post-dump``, whose
+    netdev part must still be done) the ``macvlan.img`` committed before (``"committed"``).
     """
     dir_fd = ctx.images.fd
     s = session(ctx)
     reader, s.reader = s.reader, None
     found = reader.result() if reader is not None else None
     if found is not None:
-        return images.Sidecar(_head(ctx, found[1]), found[0]), False
+        return images.Sidecar(_head(ctx, found[1]), found[0]), "read"
     staging.wait(dir_fd)
     staged = images.read_file(dir_fd, images.STAGED)
     if staged is not None:
-        return images.decode(staged, images.STAGED), False
+        return images.decode(staged, images.STAGED), "staged"
     loaded = images.load(dir_fd)
-    return (loaded, True) if loaded is not None else None
+    return (loaded, "committed") if loaded is not None else None
 
 
 def network_unlock(ctx: ActionContext) -> None:
