@@ -48,11 +48,13 @@ def keep_warm(hooks: Hooks) -> None:
     """Run this process's later actions (and its forks') with ``hooks``, not a manager built anew each time.
 
     For a process that serves many actions (``serve``, the warm helper): like the
-    modules it imported, it keeps the plugins it loaded when it started. A set with
-    plugins disabled is not kept: it is not what the installation handles.
+    modules it imported, it keeps the plugins it loaded when it started, and the log
+    handler (each action only sets its level). A set with plugins disabled is not
+    kept: it is not what the installation handles.
     """
     if not hooks.partial:
         _warm["hooks"] = hooks
+    _log()
 
 
 def _hooks() -> Hooks:

@@ -144,7 +144,8 @@ def _serve_one(req: int, ctl: int, stops: set[signal.Signals], criu_pid: int | N
 
 
 def _rehearse() -> None:
-    """Open a netlink socket and ask for one link, as the actions do, before any request.
+    """Open a netlink socket and ask for one link, as the actions do, and drop the service's
+    environment (the request's replaces it), before any request.
 
     A forked child pays for its first touch of the service's memory (copies-on-write,
     cold caches), and a spare that has waited a while pays more: better before the request
@@ -155,6 +156,7 @@ def _rehearse() -> None:
 
     with contextlib.suppress(Exception), Rtnl(None) as host:  # a failure here is the action's to report
         host.link(index=1)
+    os.environ.clear()
 
 
 def shim_request(token: int, criu_pid: int | None = None) -> dict[str, str] | None:
