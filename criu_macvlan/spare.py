@@ -144,7 +144,7 @@ def _serve_one(req: int, ctl: int, stops: set[signal.Signals], criu_pid: int | N
 
 
 def _rehearse() -> None:
-    """Open a netlink socket and ask for one link, as the actions do, and drop the service's
+    """Open a netlink socket and look up one link by name, as the actions do, and drop the service's
     environment (the request's replaces it), before any request.
 
     A forked child pays for its first touch of the service's memory (copies-on-write,
@@ -155,7 +155,7 @@ def _rehearse() -> None:
     from .netlink import Rtnl
 
     with contextlib.suppress(Exception), Rtnl(None) as host:  # a failure here is the action's to report
-        host.link(index=1)
+        host.link(name="lo")  # by name, as the parents are looked up
     os.environ.clear()
 
 
