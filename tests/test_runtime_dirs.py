@@ -21,12 +21,21 @@ from pathlib import Path
 import pytest
 from helpers import ACTION_SCRIPT, CRIU, Net, Procs, alive, criu, criu_stand_in, links_json, read_line, unique
 
-from criu_macvlan import rundir, serve
+from criu_macvlan import delivered, rundir, serve
+from criu_macvlan.proc import process_start
 
 CLI = Path(sys.executable).with_name("criu-macvlan")
 SCRIPT = ["--action-script", str(ACTION_SCRIPT)]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 DEADLINE = 60  # a restore that waits for the shim's 300 s timeout fails here
+
+
+def forget_delivery(action: str) -> None:
+    """Remove the marker a hook run as us (we hold the images dir, as CRIU would) left for us: the
+    next run of ``action`` is then not answered as a repeated delivery, and reaches the helper."""
+    start = process_start(os.getpid())
+    assert start is not None
+    Path(delivered.DONE_DIR, delivered.marker_name(os.getpid(), start, action)).unlink(missing_ok=True)
 
 
 def dumped(net: Net, procs: Procs, images: Path, env: dict[str, str]) -> str:
@@ -129,12 +138,63 @@ def test_a_symlinked_serve_dir_is_not_used(tmp_path: Path) -> None:
                 res = subprocess.run([str(ACTION_SCRIPT)], env={**hook_env, serve.DIR_ENV: where},
                                      capture_output=True, text=True, timeout=30, check=False, pass_fds=(images,))
                 assert res.returncode == 0, res.stderr
+                forget_delivery("setup-namespaces")
                 assert ("criu-macvlan serve" in res.stderr) is served, res.stderr
         finally:
             os.close(images)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+@pytest.mark.integration
+def test_the_shim_trusts_only_files_root_made(tmp_path: Path) -> None:
+    """In a directory others may write to, the shim uses a helper only through a ``req`` and a ``pid``
+    that root made, not through a symlink or a ``pid`` file of another user's (owner checked with
+    ``test -O``, symlinks with ``-h``); the helper's own runtime dir is served, as the control."""
+    real = Path(f"/run/criu-macvlan/test-{unique('o')}")
+    shared = Path(f"/run/cmv-test-{unique('w')}")  # on /run as the helper's: req can be hard-linked
+    env = {**os.environ, serve.DIR_ENV: str(real)}
+    proc = subprocess.Popen([str(CLI), "serve", "--dir", str(real)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    images = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert "serving at" in read_line(proc.stderr)
+        shared.mkdir(mode=0o777)
+        shared.chmod(0o1777)
+        helper = (real / "pid").read_text()
+        hook_env = {**env, "CRTOOLS_SCRIPT_ACTION": "setup-namespaces",
+                    "CRTOOLS_IMAGE_DIR": f"/proc/{os.getpid()}/fd/{images}", "CRIU_MACVLAN_DEBUG": "1"}
+
+        def served_from(where: Path) -> bool:
+            res = subprocess.run([str(ACTION_SCRIPT)], env={**hook_env, serve.DIR_ENV: str(where)},
+                                 capture_output=True, text=True, timeout=DEADLINE, check=False, pass_fds=(images,))
+            assert res.returncode == 0, res.stderr
+            forget_delivery("setup-namespaces")
+            return "criu-macvlan serve" in res.stderr
+
+        def plant(req: str, pid_by: list[str]) -> None:
+            for name in ("req", "pid"):
+                (shared / name).unlink(missing_ok=True)
+            if req == "symlink":
+                subprocess.run([*NOBODY, "ln", "-s", str(real / "req"), str(shared / "req")], check=True)
+            else:
+                os.link(real / "req", shared / "req")  # root's FIFO, the helper's own
+            subprocess.run([*pid_by, "sh", "-c", 'printf "%s" "$1" > "$2"', "sh", helper, str(shared / "pid")],
+                           check=True)
+
+        assert served_from(real)
+        plant("link", [])
+        assert served_from(shared)  # root made both: the shim cannot tell them from the helper's
+        plant("symlink", [])
+        assert not served_from(shared)
+        plant("link", NOBODY)
+        assert not served_from(shared)
+    finally:
+        os.close(images)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 BLOCKER = '''
