@@ -129,7 +129,7 @@ class Lab:
         """Return once no network namespace the bench killed is still being torn down.
 
         The kernel tears a dead netns down in the background, holding the rtnl lock
-        while it deletes the netns' links (~25 ms for 100 macvlans here). CRIU's
+        while it deletes the netns' links (long, with many macvlans). CRIU's
         kernel-feature probe at its start needs that lock too (it cannot cache the
         probe on this machine: /run is not tmpfs), so a dump or restore started
         meanwhile waits for the teardown of the tree dumped just before: an artifact
