@@ -130,8 +130,8 @@ class Lab:
 
         The kernel tears a dead netns down in the background, holding the rtnl lock
         while it deletes the netns' links (long, with many macvlans). CRIU's
-        kernel-feature probe at its start needs that lock too (it cannot cache the
-        probe on this machine: /run is not tmpfs), so a dump or restore started
+        kernel-feature probe at its start needs that lock too (CRIU caches the probe
+        only where /run is tmpfs, which is not so everywhere), so a dump or restore started
         meanwhile waits for the teardown of the tree dumped just before: an artifact
         of dumping and restoring back to back on one host, which a migration's
         restoring host does not have. A no-op script that sleeps in pre-dump and
