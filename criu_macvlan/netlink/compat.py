@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import platform
 import struct
-from typing import ClassVar
 
 from ..lean import import_submodules
 
@@ -90,9 +89,9 @@ __all__ = [
     "RTM_NEWNSID",
     "RTM_NEWROUTE",
     "DumpInterrupted",
+    "Marshal",
     "NetlinkSocket",
     "PyrNetlinkError",
-    "RtnlMarshal",
     "ifaddrmsg",
     "ifinfmsg",
     "macvx_data",
@@ -101,18 +100,6 @@ __all__ = [
     "nsidmsg",
     "rtmsg",
 ]
-
-
-class RtnlMarshal(Marshal):  # type: ignore[misc]
-    """Parses only the rtnetlink messages we ask for (pyroute2's full rtnl
-    marshal also loads the traffic-control schemas)."""
-
-    msg_map: ClassVar[dict[int, type]] = {
-        RTM_NEWLINK: ifinfmsg,
-        RTM_NEWADDR: ifaddrmsg,
-        RTM_NEWROUTE: rtmsg,
-        RTM_NEWNSID: nsidmsg,
-    }
 
 
 def _extend_macvlan_attrs() -> None:

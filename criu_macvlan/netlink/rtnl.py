@@ -54,11 +54,12 @@ from .compat import (
     RTM_GETROUTE,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWNSID,
     RTM_NEWROUTE,
     DumpInterrupted,
+    Marshal,
     NetlinkSocket,
     PyrNetlinkError,
-    RtnlMarshal,
     ifaddrmsg,
     ifinfmsg,
     nsidmsg,
@@ -87,10 +88,16 @@ Results = list[tuple[pb.macvlan_link, NetlinkError | None]]  # each link sent, a
 KeepGoing = Callable[[], bool] | None  # asked between batches of new links
 
 
-class _Marshal(RtnlMarshal):
-    """Every link read here is decoded lean (:class:`LinkReply`)."""
+class _Marshal(Marshal):  # type: ignore[misc]
+    """Parses only the rtnetlink messages we ask for (pyroute2's full rtnl marshal also loads
+    the traffic-control schemas); links decoded lean (:class:`LinkReply`)."""
 
-    msg_map: ClassVar[dict[int, type]] = {**RtnlMarshal.msg_map, RTM_NEWLINK: LinkReply}
+    msg_map: ClassVar[dict[int, type]] = {
+        RTM_NEWLINK: LinkReply,
+        RTM_NEWADDR: ifaddrmsg,
+        RTM_NEWROUTE: rtmsg,
+        RTM_NEWNSID: nsidmsg,
+    }
 
 
 class Rtnl:
