@@ -73,18 +73,17 @@ def post_dump(ctx: ActionContext) -> None:
     sidecar, origin = source
     netdevs = netdev.netdev_images(dir_fd)
     if origin != "committed" and not netdevs:
-        sidecar.head.empty_ns = True  # CRIU wrote no netdev image: --empty-ns net
-        origin = "read"  # not what the stage's head says: written anew
+        sidecar.head.empty_ns = True  # CRIU wrote no netdev image: --empty-ns net (the stage says otherwise)
     ifindexes = {link.ifindex for link in sidecar.links}
     for name in netdevs:
         changed = netdev.convert_netdev(dir_fd, name, ifindexes)
         if changed:
             ctx.log.info("%s: %d macvlan entr%s now EXTLINK", name, changed, "y" if changed == 1 else "ies")
-    if origin == "staged":  # the stage is this very sidecar: renamed, not written again
-        images.rename(dir_fd, images.STAGED, images.SIDECAR)
-    elif origin == "read":
-        images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
     if origin != "committed":
+        if origin == "staged" and netdevs:  # the stage is this very sidecar: renamed, not written again
+            images.rename(dir_fd, images.STAGED, images.SIDECAR)
+        else:
+            images.write_atomic(dir_fd, images.SIDECAR, images.encode(sidecar.head, sidecar.links))
         staging.drop(dir_fd)
     ctx.log.info("saved %d macvlan link(s) in %s", len(sidecar.links), images.SIDECAR)
 
