@@ -32,7 +32,6 @@ ENV = "CRIU_MACVLAN_ANNOUNCE"
 CONFIG_OPTION = "macvlan-announce"
 CONFIG_FILE = "/etc/criu/criu-macvlan.conf"
 CONFIG_ENV = "CRIU_MACVLAN_CONFIG"
-GUARD = ".criu-macvlan.announce"  # never written: the shim alone handles post-setup-namespaces
 
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from . import engines, mappings
+from . import mappings
 from .errors import UsageError
 from .proc import strings
 
@@ -278,7 +278,9 @@ def load(
         _read_config(_from_start_dir(cmd_config, start_dir, "--config"), opts)
     _apply(opts, argv_statements(argv[1:]), COMMAND_LINE)
     if rpc:
-        for path, required in [(engines.RUNC_CONFIG, False)] if engine_configs is None else engine_configs:
+        from .engines import RUNC_CONFIG
+
+        for path, required in [(RUNC_CONFIG, False)] if engine_configs is None else engine_configs:
             _read_config(path, opts, required)
         _read_config(OWN_CONFIG, opts)
     if env.get("CRIU_MACVLAN_CONFIG"):
@@ -326,6 +328,9 @@ def load_for_criu(pid: int) -> CriuOptions:
     if not parse_process(argv)[1]:
         return load(argv, os.environ, start_dir(pid))
     # RPC mode: the title has overwritten criu's environment; the engine started criu
-    # from the directory it is in (runc moves into the bundle first).
+    # from the directory it is in (runc moves into the bundle first). Only then are the
+    # engines (and their JSON) imported.
+    from . import engines
+
     engine = engines.engine_of(pid)
     return load(argv, os.environ, engine.cwd if engine else None, engines.engine_configs(engine))

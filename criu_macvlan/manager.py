@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from .errors import CriuMacvlanError, ExitCode, HookError
 
 ENTRY_POINT_GROUP = "criu_macvlan"
 DISABLE_ENV = "CRIU_MACVLAN_DISABLE"
+ENTRY_POINT_CACHE = "entry-points"
 ENTRY_POINT_CACHE_SIZE = 8
 DIST_SUFFIXES = (".dist-info", ".egg-info", ".egg")  # what importlib.metadata finds on sys.path
 
@@ -139,24 +139,55 @@ def _entry_points() -> list[tuple[str, str]]:
     file keeps the ``ENTRY_POINT_CACHE_SIZE`` latest results: the CLI (its
     script's directory first on ``sys.path``) and the action script (``-P``)
     each find their own.
+
+    Each result also records the directories' own mtimes, which change whenever a
+    distribution comes or goes in them: while they are unchanged, a ``stat`` per
+    directory finds the result without listing any. The file is one result per
+    line, its fields ``repr`` strings separated by tabs (``repr`` never writes a raw tab or newline),
+    so a lookup compares strings and parses nothing but the entry points it returns.
     """
-    key = _metadata_key()
-    path = os.path.join(_cache_dir(), "entry-points.json")
-    results: list[Any] = []
+    path = os.path.join(_cache_dir(), ENTRY_POINT_CACHE)
     try:
         with open(path, encoding="utf-8") as f:
-            results = json.load(f)["results"]
-        for cached in results:
-            if cached["key"] == key:
-                return [(str(n), str(v)) for n, v in cached["entry_points"]]
-    except (OSError, ValueError, KeyError, TypeError):
-        results = []
-    from importlib.metadata import entry_points
+            lines = [line.rstrip("\n").split("\t") for line in f]
+    except (OSError, ValueError):
+        lines = []
+    lines = [line for line in lines if len(line) == 3]
+    dirs = repr(_directories_key())
+    found = _cached(lines, 0, dirs)
+    if found is None:
+        dists = repr(_metadata_key())
+        found = _cached(lines, 1, dists)
+        if found is None:
+            from importlib.metadata import entry_points
 
-    found = sorted({(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)})
-    results = [{"key": key, "entry_points": found}, *results][:ENTRY_POINT_CACHE_SIZE]
-    _write_cache(path, json.dumps({"results": results}))
+            found = sorted({(ep.name, ep.value) for ep in entry_points(group=ENTRY_POINT_GROUP)})
+            lines = [[dirs, dists, repr(found)], *lines][:ENTRY_POINT_CACHE_SIZE]
+            _write_cache(path, "".join("\t".join(line) + "\n" for line in lines))
     return found
+
+
+def _cached(lines: list[list[str]], field: int, key: str) -> list[tuple[str, str]] | None:
+    """The entry points of the first cached result whose key ``field`` is ``key``; ``None`` if none."""
+    import ast  # already loaded by pluggy (inspect)
+
+    for line in lines:
+        if line[field] == key:
+            try:
+                found = ast.literal_eval(line[2])
+                return [(str(n), str(v)) for n, v in found]
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                return None
+    return None
+
+
+def _directories_key() -> list[tuple[str, int]]:
+    """``[(entry, mtime_ns), ...]`` of the ``sys.path`` entries that exist (a zip archive's own mtime)."""
+    key = []
+    for entry in sys.path:
+        with contextlib.suppress(OSError):
+            key.append((entry, os.stat(entry or ".").st_mtime_ns))
+    return key
 
 
 def _metadata_key() -> list[list[Any]]:

@@ -18,10 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from . import announce, images
+from . import images
 from .context import ActionContext
 from .hookspecs import hookimpl
-from .macvlan import announcing, dump, restore  # here, not in the hooks: `serve` preloads this module
+
+# Each hook imports the module of its phase when first called: a cold action loads only what it
+# runs (a restore never the dump's modules). `serve` and the warm helper have them all preloaded.
+ANNOUNCE_GUARD = ".criu-macvlan.announce"  # never written: the shim alone handles post-setup-namespaces
 
 
 class MacvlanPlugin:
@@ -32,33 +35,47 @@ class MacvlanPlugin:
     # shim wakes the announcer setup-namespaces left).
     criu_macvlan_guards: ClassVar[Mapping[str, str]] = {
         "network-unlock": images.STAGED,
-        "post-setup-namespaces": announce.GUARD,
+        "post-setup-namespaces": ANNOUNCE_GUARD,
     }
 
     @hookimpl
     def criu_rpc_request(self, ctx: ActionContext) -> None:
         # RPC mode: the slow parts of the dump and the restore run while CRIU works.
         if ctx.action == "dump":
+            from .macvlan import dump
+
             dump.start_reading(ctx)
         elif ctx.action == "restore":
+            from .macvlan import restore
+
             restore.start_preparing(ctx)
 
     @hookimpl
     def criu_pre_dump(self, ctx: ActionContext) -> None:
+        from .macvlan import dump
+
         dump.pre_dump(ctx)
 
     @hookimpl
     def criu_post_dump(self, ctx: ActionContext) -> None:
+        from .macvlan import dump
+
         dump.post_dump(ctx)
 
     @hookimpl
     def criu_network_unlock(self, ctx: ActionContext) -> None:
+        from .macvlan import dump
+
         dump.network_unlock(ctx)
 
     @hookimpl
     def criu_setup_namespaces(self, ctx: ActionContext) -> None:
+        from .macvlan import restore
+
         restore.setup_namespaces(ctx)
 
     @hookimpl
     def criu_post_setup_namespaces(self, ctx: ActionContext) -> None:
+        from .macvlan import announcing
+
         announcing.post_setup_namespaces(ctx)

@@ -72,7 +72,8 @@ def preload() -> None:
     """Import everything an action needs and load the plugins once, so that forked children start warm."""
     import ctypes  # noqa: F401  # netlink's setns, on first use
 
-    from . import action, criuconf, delivered, images, netdev, netlink, plugin, watch  # noqa: F401
+    from . import action, criuconf, delivered, engines, images, netdev, netlink, plugin, watch  # noqa: F401
+    from .macvlan import announcing, dump, restore  # noqa: F401  # the plugin's hooks import them when called
     from .manager import plugin_manager, write_actions_cache
 
     netdev.netdev_entry_class()

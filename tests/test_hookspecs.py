@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import sys
@@ -217,7 +216,7 @@ def test_entry_point_cache_is_per_sys_path(
     other.mkdir()
     monkeypatch.syspath_prepend(str(other))
     assert manager._entry_points() == first
-    cache = json.loads((tmp_path / "cache" / "entry-points.json").read_text())["results"]
+    cache = (tmp_path / "cache" / manager.ENTRY_POINT_CACHE).read_text().splitlines()
     assert len(cache) == 2
 
     def no_scan(**_: object) -> object:
@@ -234,8 +233,31 @@ def test_entry_point_cache_is_per_sys_path(
         monkeypatch.syspath_prepend(str(tmp_path / f"more{i}"))
         (tmp_path / f"more{i}").mkdir()
         manager._entry_points()
-    cache = json.loads((tmp_path / "cache" / "entry-points.json").read_text())["results"]
+    cache = (tmp_path / "cache" / manager.ENTRY_POINT_CACHE).read_text().splitlines()
     assert len(cache) == manager.ENTRY_POINT_CACHE_SIZE
+
+
+def test_entry_point_cache_unchanged_path_lists_nothing(
+    tmp_path: Path, fake_distribution: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While no directory on sys.path changed, the cache is found by their mtimes alone; a damaged file rescans."""
+    first = manager._entry_points()
+    listed: list[object] = []
+    scandir = os.scandir
+
+    def counting_scandir(path: str) -> object:
+        listed.append(path)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", counting_scandir)
+    assert manager._entry_points() == first
+    assert listed == []
+    cache = tmp_path / "cache" / manager.ENTRY_POINT_CACHE
+    keys = [line.rsplit("\t", 1)[0] for line in cache.read_text().splitlines()]
+    cache.write_text("".join(f"{key}\t[(\n" for key in keys))  # the entry points no longer parse
+    assert manager._entry_points() == first
+    assert listed  # rescanned
+    assert ("fake", fake_distribution) in first
 
 
 def test_entry_point_cache_follows_distributions_only(
