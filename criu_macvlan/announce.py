@@ -24,7 +24,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import UsageError
 
@@ -47,8 +47,7 @@ MAX_ROUNDS = 100
 MAX_MS = 60_000
 
 
-@dataclass(frozen=True)
-class Schedule:
+class Schedule(NamedTuple):
     """QEMU's announce-self parameters: ``rounds`` rounds, the first at once; after
     round k the next comes ``min(interval + (k - 1) * step, max)`` ms later."""
 
@@ -156,8 +155,7 @@ def hello(mac: bytes) -> bytes:
     return _pad(BROADCAST + mac + struct.pack("!H", ETH_P_LOCAL_EXP) + b"criu-macvlan announce")
 
 
-@dataclass
-class LinkFrames:
+class LinkFrames(NamedTuple):
     name: str
     frames: list[bytes]
     what: str  # for the log: "2 GARP, 1 NA"

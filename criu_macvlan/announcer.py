@@ -175,7 +175,7 @@ class Repeater:
     def go(self, pid: int, links: list[LinkFrames]) -> None:
         lines = [str(pid), *(f"{link.name} {' '.join(f.hex() for f in link.frames)}" for link in links)]
         try:
-            with open(self._wr, "w", encoding="ascii", closefd=False) as f:
+            with open(self._wr, "w", encoding="utf-8", closefd=False) as f:
                 f.write("\n".join(lines) + "\n")
         finally:
             self.close()

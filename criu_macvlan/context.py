@@ -8,7 +8,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import UsageError
 
@@ -20,8 +20,7 @@ class Mode(enum.Enum):
     RPC = "rpc"  # NOTIFY messages to our RPC driver, hooks run in-process
 
 
-@dataclass(frozen=True)
-class ImagesDir:
+class ImagesDir(NamedTuple):
     """The CRIU images directory: an open directory fd (use it) and a path (show it).
 
     ``fd`` is -1 when CRIU no longer holds the directory open (``post-resume``).
@@ -52,7 +51,7 @@ def open_images(path: str, what: str = "images directory") -> ImagesDir:
         raise UsageError(f"cannot open {what} {path}: {exc.strerror}") from exc
 
 
-@dataclass
+@dataclass(eq=False)  # one per action, compared by identity (and cheaper to define on every cold action)
 class ActionContext:
     """What a hook knows about the CRIU action it handles.
 

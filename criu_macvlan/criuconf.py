@@ -77,7 +77,7 @@ _SHORT_REQUIRED = "tDorJWLM"  # short_opts "dSsRt:hD:o:v::x::Vr:jJ:lW:L:M:"
 _SHORT_OPTIONAL = "vx"
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (and cheaper to define on every cold action)
 class CriuOptions:
     """What the plugin needs from CRIU's options."""
 

@@ -238,7 +238,7 @@ def write_actions_cache(hooks: Hooks) -> None:
     path = actions_cache_path()
     content = " ".join(hooks.handled_actions()) + "\n"
     try:
-        with open(path, encoding="ascii") as f:
+        with open(path, encoding="utf-8") as f:
             if f.read() == content:
                 return
     except OSError:

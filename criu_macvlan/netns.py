@@ -59,7 +59,7 @@ def tree_pids(root: int) -> list[int]:
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as f:
+                with open(f"/proc/{pid}/task/{tid}/children", encoding="utf-8") as f:
                     todo.extend(int(c) for c in f.read().split())
             except OSError:
                 continue

@@ -87,7 +87,7 @@ def _start_time(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch); ``None`` if it is dead or a zombie."""
     try:
         fields = stat_fields(pid)
-        with open("/proc/stat", encoding="ascii") as f:
+        with open("/proc/stat", encoding="utf-8") as f:
             btime = next(int(line.split()[1]) for line in f if line.startswith("btime "))
     except (OSError, IndexError, ValueError, StopIteration):
         return None

@@ -329,7 +329,7 @@ def _keep_ipv6_off(names: list[str], target: int) -> None:
     with entered(target):
         for name in names:
             try:
-                with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="ascii") as f:
+                with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w", encoding="utf-8") as f:
                     f.write("1")
             except FileNotFoundError:
                 return  # no IPv6 on this host at all
