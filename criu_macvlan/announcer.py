@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import select
 import socket
@@ -211,15 +212,17 @@ def _wait_and_repeat(rd: int, schedule: Schedule) -> None:
 
 
 def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: list[LinkFrames] | None,
-        later: list[Later] | None = None) -> bool:
-    """Action-script mode: leave a detached announcer for ``post-setup-namespaces`` of CRIU
+        later: list[Later], served: bool = False) -> bool:
+    """Action-script mode: leave an announcer for ``post-setup-namespaces`` of CRIU
     ``criu_pid`` restoring the tree of ``pid`` (the shim wakes it, see
-    ``hooks/criu-macvlan-action``). ``False`` if there is none.
+    ``hooks/criu-macvlan-action``). ``False`` if there can be none.
 
-    With ``later`` (run by a process that goes on after CRIU has its answer: a served
-    child), that process becomes the announcer once CRIU has the answer, so no fork is on
-    CRIU's clock. Either way its runtime dir, FIFOs and pid are there before the answer:
-    a ``go`` written before it listens waits in the FIFO.
+    The announcer starts from ``later``, once the action has nothing left to do but answer:
+    a ``served`` child (which goes on after CRIU has its answer) becomes it then, so no fork
+    is on CRIU's clock; a cold hook forks it last, just before it exits, so that nothing of
+    the action runs in a parent whose pages the fork has made copy-on-write. Either way its
+    runtime dir, FIFOs and pid are there before the answer: a ``go`` written before it
+    listens waits in the FIFO.
     """
     path = announce_dir(criu_pid)
     fds: list[int] = []
@@ -233,16 +236,13 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
             os.mkfifo(name, 0o600, dir_fd=dir_fd)
             fds.append(os.open(name, os.O_RDWR | os.O_CLOEXEC, dir_fd=dir_fd))
         fds.append(_log_fd())
-        if later is not None:
+        if served:
             write_pid(dir_fd)
             later.append(functools.partial(_become, path, schedule, pid, indexes, known, fds))
-            fds = []  # the announcer's now
-        elif (kept := _orphan(fds, dir_fd)) is not None:  # pragma: no cover - the detached process
-            try:
-                _announcer(path, schedule, pid, indexes, known, *kept)
-            finally:
-                remove_tree(path)
-                os._exit(0)
+        else:
+            later.append(functools.partial(_fork, path, schedule, pid, indexes, known, fds, dir_fd))
+            dir_fd = -1  # the fork's now
+        fds = []  # the announcer's now
     except OSError:
         remove_tree(path)
         return False
@@ -252,6 +252,27 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
         if dir_fd >= 0:
             os.close(dir_fd)
     return True
+
+
+def _fork(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
+          fds: list[int], dir_fd: int) -> None:
+    """A cold hook's last step: fork the announcer, which it leaves behind as it exits."""
+    try:
+        kept = _orphan(fds, dir_fd)
+    except OSError as exc:
+        kept = None
+        remove_tree(path)
+        logging.getLogger("criu_macvlan").warning(
+            "%s", warning("the restored links", f"cannot start the announcer: {exc.strerror or exc}"))
+    if kept is None:  # the caller, about to exit
+        for fd in [*fds, dir_fd]:
+            os.close(fd)
+        return
+    try:  # pragma: no cover - the detached process
+        _announcer(path, schedule, pid, indexes, known, *kept)
+    finally:
+        remove_tree(path)
+        os._exit(0)
 
 
 def _become(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,

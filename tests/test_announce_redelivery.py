@@ -37,9 +37,10 @@ def test_the_announcer_is_woken_then_waited_for_once(net: Net, procs: Procs, tmp
     criu = subprocess.Popen(["sleep", "1000"], pass_fds=(images,))  # stands in for CRIU: its pid and images fd
     log = tmp_path / "restore.log"  # the arming hook's stderr, as CRIU's log is
     try:
-        arm = ("import sys; from criu_macvlan import announce, announcer; "
-               "sys.exit(0 if announcer.arm(int(sys.argv[1]), int(sys.argv[2]), [int(sys.argv[3])], "
-               "announce.Schedule(rounds=2, interval=30000, step=0, max=30000), None) else 1)")
+        arm = ("import sys; from criu_macvlan import action, announce, announcer; later = []; "
+               "armed = announcer.arm(int(sys.argv[1]), int(sys.argv[2]), [int(sys.argv[3])], "
+               "announce.Schedule(rounds=2, interval=30000, step=0, max=30000), None, later); "
+               "action.run_later(later); sys.exit(0 if armed else 1)")  # as a cold hook: the fork comes last
         with log.open("w") as err:
             subprocess.run([sys.executable, "-c", arm, str(criu.pid), str(pid), str(index)], check=True, timeout=30,
                            stderr=err, env={**os.environ, "CRIU_MACVLAN_DEBUG": "1"})

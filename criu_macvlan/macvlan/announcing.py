@@ -57,8 +57,8 @@ def arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
         s.armed = Armed(indexes, {link.name for link in created}, chosen)
     else:
         known = image_frames(created)
-        later = ctx.later if ctx.served else None  # a served child becomes the announcer: no fork now
-        if ctx.criu_pid is None or not announcer.arm(ctx.criu_pid, require_pid(ctx), indexes, chosen, known, later):
+        if ctx.criu_pid is None or not announcer.arm(ctx.criu_pid, require_pid(ctx), indexes, chosen, known,
+                                                     ctx.later, ctx.served):
             ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
 
 
