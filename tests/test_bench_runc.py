@@ -29,6 +29,8 @@ def test_one_run_per_path(tmp_path: Path) -> None:
         for op in ("checkpoint", "restore"):
             assert 0 < ops[op]["min"] <= ops[op]["median"] <= ops[op]["max"]
     assert [t["unit"] for t in data["targets"]] == ["x", "x"]
+    assert [t["met_share"] for t in data["targets"]] == [float(t["ok"]) for t in data["targets"]]  # one round
+    assert {len(ops["restore"]) for ops in data["samples"].values()} == {1}
     assert "| no-op, a cold start |" in (tmp_path / "runc.md").read_text()
     assert "| plugin, serve |" in (tmp_path / "runc.md").read_text()
     tag = bench_runc.TAG
