@@ -48,7 +48,6 @@ from pyroute2.netlink import (  # noqa: E402
     NLM_F_EXCL,
     NLM_F_REQUEST,
     nla_slot,
-    nlmsg,
 )
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted as DumpInterrupted  # noqa: E402
 from pyroute2.netlink.exceptions import NetlinkError as PyrNetlinkError  # noqa: E402
@@ -96,7 +95,6 @@ __all__ = [
     "ifinfmsg",
     "macvx_data",
     "nla_slot",
-    "nlmsg",
     "nsidmsg",
     "rtmsg",
 ]

@@ -17,10 +17,8 @@ import errno
 import os
 import socket
 import struct
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from queue import SimpleQueue
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from .. import macvlan_pb2 as pb
 from ..errors import NetlinkError
@@ -30,7 +28,6 @@ from .codec import (
     NLM_F_NEW,
     LinkReply,
     addr_request,
-    encode,
     ip_to_str,
     is_kernel_address,
     is_kernel_route,
@@ -82,7 +79,6 @@ def errmsg(exc: BaseException) -> str:
 
 DUMP_RETRIES = 10
 BATCH_BYTES = 32 << 10  # of RTM_NEWLINK requests per send (the socket's send buffer is ~200 kB)
-PIPELINE_LINKS = 256  # above this many links, encode them in a thread while the kernel works (~2 batches)
 Keep = Callable[[Any], Any]  # a dump's reply -> what to keep of it, or None
 Results = list[tuple[pb.macvlan_link, NetlinkError | None]]  # each link sent, and its error if it failed
 KeepGoing = Callable[[], bool] | None  # asked between batches of new links
@@ -220,13 +216,8 @@ class Rtnl:
         a failed one in the same batch may exist; no further batch is sent after a
         failure, and the result has an entry for every link sent. ``keep_going``
         is asked before each batch after the first: ``False`` sends no more.
-
-        Beyond ``PIPELINE_LINKS`` links a thread encodes the requests while the
-        kernel makes the links of the batch sent before (``sendto`` runs without
-        the GIL): pyroute2's encoding and the kernel's work overlap.
         """
-        requests = ((link, encode(macvlan_request(link, index, target_fd))) for link, index in items)
-        return self._create(_ahead(requests) if len(items) > PIPELINE_LINKS else requests, keep_going)
+        return self._create(((link, macvlan_request(link, index, target_fd)) for link, index in items), keep_going)
 
     def create_prepared(self, prepared: PreparedMacvlans, target_fd: int, keep_going: KeepGoing = None) -> Results:
         """:meth:`create_macvlans` with requests encoded ahead of time, into the netns ``target_fd``."""
@@ -330,39 +321,6 @@ class Rtnl:
                 raise NetlinkError(f"cannot add {what}: {errmsg(exc)}") from exc
 
 
-T = TypeVar("T")
-
-
-def _ahead(items: Iterator[T]) -> Iterator[T]:
-    """``items``, produced by a thread of their own ahead of the consumer."""
-    queue: SimpleQueue[tuple[bool, Any]] = SimpleQueue()  # (done, item or exception)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    break
-                queue.put((False, item))
-            queue.put((True, None))
-        except BaseException as exc:  # handed to the consumer
-            queue.put((True, exc))
-
-    thread = threading.Thread(target=produce, name="criu-macvlan-encoder", daemon=True)
-    thread.start()
-    try:
-        while True:
-            done, value = queue.get()
-            if done:
-                if value is not None:
-                    raise value
-                return
-            yield value
-    finally:
-        stop.set()
-        thread.join()
-
-
 # struct nlmsghdr {u32 len; u16 type; u16 flags; u32 seq; u32 pid}: the per-send part
 _NLMSG_TAIL = struct.Struct("=HII")
 _NLMSG_TAIL_OFFSET = 6
@@ -379,7 +337,7 @@ class PreparedMacvlans:
     def __init__(self, items: Sequence[tuple[pb.macvlan_link, int]]) -> None:
         self.slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.parents = [index for _, index in items]
-        self.requests = [(link, encode(macvlan_request(link, index, self.slot))) for link, index in items]
+        self.requests = [(link, macvlan_request(link, index, self.slot)) for link, index in items]
 
     def close(self) -> None:
         if self.slot >= 0:
