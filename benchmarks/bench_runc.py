@@ -305,10 +305,8 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"\none cold hook start by itself (interpreter + what setup-namespaces imports): "
                  f"{result['cold_hook_start']['median'] * ms:.0f} ms median\n")
     for t in result["targets"]:
-        num = "{:.0f} ms" if t["unit"] == "ms" else "{:.2f}"
         share = "" if t.get("met_share") is None else f"; met in {t['met_share']:.0%} of resamples of the rounds"
-        lines.append(f"- {t['name']}: {num.format(t['value'])} (limit {num.format(t['limit'])}) "
-                     f"{'ok' if t['ok'] else 'MISSED'}{share}")
+        lines.append(f"- {t['name']}: {t['value']:.2f} (limit {t['limit']:.2f}) {'ok' if t['ok'] else 'MISSED'}{share}")
     return "\n".join(lines) + "\n"
 
 

@@ -50,22 +50,6 @@ def _detach(keep: list[int]) -> list[int] | None:
         os._exit(1)
 
 
-def _orphan(keep: list[int], dir_fd: int) -> list[int] | None:
-    """One fork, for a caller about to exit (a hook, a served action): its child is then
-    re-parented, so no intermediate process need be forked and waited for while CRIU waits.
-    In the child (own session, stdio on /dev/null, no fd but ``keep``), ``keep``'s fds there;
-    ``None`` in the caller once it wrote the child's pid to file ``pid`` of ``dir_fd``."""
-    child = os.fork()
-    if child == 0:
-        try:
-            os.setsid()
-            return detach_fds(keep)
-        except BaseException:
-            os._exit(1)
-    write_pid(dir_fd, child)
-    return None
-
-
 def _netns_of(pid: int, pidfd: int) -> int | None:
     """An fd of the netns of process ``pid``; ``None`` once it exited (``pidfd`` says so, and a
     recycled pid is never entered)."""
@@ -256,35 +240,37 @@ def arm(criu_pid: int, pid: int, indexes: list[int], schedule: Schedule, known: 
 
 def _fork(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
           fds: list[int], dir_fd: int) -> None:
-    """A cold hook's last step: fork the announcer, which it leaves behind as it exits."""
+    """A cold hook's last step: fork the announcer (:func:`_become`) and write its pid. One fork:
+    the hook exits next, so its child is re-parented, and no intermediate process is forked and
+    waited for while CRIU waits."""
     try:
-        kept = _orphan(fds, dir_fd)
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the detached process
+            try:
+                _become(path, schedule, pid, indexes, known, fds)
+            finally:
+                os._exit(0)
+        write_pid(dir_fd, child)
     except OSError as exc:
-        kept = None
         remove_tree(path)
         logging.getLogger("criu_macvlan").warning(
             "%s", warning("the restored links", f"cannot start the announcer: {exc.strerror or exc}"))
-    if kept is None:  # the caller, about to exit
+    finally:
         for fd in [*fds, dir_fd]:
             os.close(fd)
-        return
-    try:  # pragma: no cover - the detached process
-        _announcer(path, schedule, pid, indexes, known, *kept)
-    finally:
-        remove_tree(path)
-        os._exit(0)
 
 
 def _become(path: str, schedule: Schedule, pid: int, indexes: list[int], known: list[LinkFrames] | None,
-            fds: list[int]) -> None:  # pragma: no cover - a served child (tested end to end)
-    """A served child after its answer: the announcer, in a session of its own with no fd but ``fds``."""
+            fds: list[int]) -> None:  # pragma: no cover - the announcer's process (tested end to end)
+    """This process becomes the announcer (a served child after its answer, or the cold hook's fork):
+    in a session of its own, with no fd but ``fds``; then it removes its dir, and any stale one."""
     try:
         with contextlib.suppress(OSError):  # a group leader cannot: it then stays in the service's session
             os.setsid()
         _announcer(path, schedule, pid, indexes, known, *detach_fds(fds))
     finally:
         remove_tree(path)
-        sweep()  # the announce dir of a served action that failed after it armed one
+        sweep()  # the announce dir of an action that failed after it armed one
 
 
 def _log_fd() -> int:
