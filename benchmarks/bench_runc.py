@@ -199,30 +199,22 @@ def one_run(lab: Lab, path: str, env: dict[str, str], run: int) -> tuple[float, 
 
 
 def cold_start_script(where: Path) -> Path:
-    """The no-op script, but at the first ``setup-namespaces`` of each CRIU process (its parent) a cold start;
-    made in ``where``, with its markers."""
-    imports = where / "cold_imports.py"
-    imports.write_text(cold_imports() + "\n")
-    script = where / "cold-start.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        '[ "$CRTOOLS_SCRIPT_ACTION" = setup-namespaces ] || exit 0\n'
-        f'mark="{where}/started.$PPID"\n'
-        '[ -e "$mark" ] && exit 0  # the second delivery, as our hook answers it from its marker\n'
-        ': > "$mark"\n'
-        f'exec "{sys.executable}" -s "{imports}"\n'
-    )
-    script.chmod(0o755)
-    return script
+    """The no-op script, but at the first ``setup-namespaces`` of each CRIU process a cold start:
+    bench.py's, made in ``where``."""
+    return Path(_bench().cold_start_script(str(where)))
 
 
 def cold_imports() -> str:
     """What a cold ``setup-namespaces`` cannot do without: bench.py's COLD_IMPORTS."""
+    return str(_bench().COLD_IMPORTS)
+
+
+def _bench() -> Any:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from benchmarks.bench import COLD_IMPORTS
+    from benchmarks import bench
 
-    return COLD_IMPORTS
+    return bench
 
 
 def cold_hook_start(runs: int) -> list[float]:
