@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from criu_macvlan import announce
+from criu_macvlan import macvlan_pb2 as pb
 from criu_macvlan.errors import UsageError
+from criu_macvlan.macvlan.announcing import image_frames
 
 MAC = bytes.fromhex("02c0ffee0002")
 V4 = socket.inet_pton(socket.AF_INET, "10.77.0.2")
@@ -101,6 +103,22 @@ def test_frames_per_link() -> None:
     frames, what = announce.frames_for(MAC, [], [])
     assert what == "1 frame (no address)"
     assert frames[0][:14] == b"\xff" * 6 + MAC + b"\x88\xb5" and len(frames[0]) == 60
+
+
+def image_link(name: str, up: bool, *addrs: bytes) -> pb.macvlan_link:
+    link = pb.macvlan_link(name=name, address=MAC, link_flags=0x1 if up else 0)
+    for raw in addrs:
+        link.addrs.add(family=socket.AF_INET if len(raw) == 4 else socket.AF_INET6, address=raw)
+    return link
+
+
+def test_the_images_give_the_frames_of_the_links_that_are_up() -> None:
+    frames = image_frames([image_link("up0", True, V4), image_link("down0", False, V4)])
+    assert frames is not None and [(f.name, f.what) for f in frames] == [("up0", "2 ARP, 0 NA")]
+    # no link up: nothing to announce (no announcer is armed), whatever the down links' addresses
+    assert image_frames([image_link("down0", False, V6), image_link("down1", False)]) == []
+    # an IPv6 address on a link that is up: only the restored netns tells whether it is still tentative
+    assert image_frames([image_link("up0", True, V6), image_link("up1", True, V4)]) is None
 
 
 @pytest.mark.integration  # a packet socket: CAP_NET_RAW

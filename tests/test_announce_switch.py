@@ -219,6 +219,23 @@ def test_with_announce_off_the_switch_keeps_the_old_port(net: Net, procs: Procs,
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("path", ["action-script", "rpc"])
+def test_a_link_restored_down_is_not_announced(net: Net, procs: Procs, images: Path, path: str) -> None:
+    """Down at the dump, down after the restore: no announcer is armed, nothing tells the switch."""
+    sw = Switch(net, procs)
+    pid = sw.service(procs)
+    assert sw.ping()
+    ip("link", "set", "eth0", "down", pid=pid)
+    criu("dump", "-t", str(pid), *SCRIPT, images=images, log="dump.log")
+    new = restore(path, sw, procs, images)
+    assert "state DOWN" in ip("-o", "link", "show", "eth0", pid=new)
+    assert sw.port_of_mac() == sw.a + "p", run("bridge", "fdb", "show", "br", sw.bridge).stdout
+    if path == "action-script":
+        log = (images / "restore.log").read_text()
+        assert "announce: no restored link is up" in log and "announced" not in log
+
+
+@pytest.mark.integration
 def test_announce_off_in_the_hosts_criu_macvlan_conf(net: Net, procs: Procs, images: Path,
                                                      etc_files: Callable[[str, str], None]) -> None:
     """The form an action-script or engine user sets: a line in /etc/criu/criu-macvlan.conf."""

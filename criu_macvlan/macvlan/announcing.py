@@ -21,16 +21,17 @@ IFF_UP = 0x1
 
 
 def image_frames(links: list[pb.macvlan_link]) -> list[announce.LinkFrames] | None:
-    """The frames of the links that are up, from the images alone, made before CRIU needs them;
-    ``None`` when a link has IPv6 addresses: whether they are still tentative after the restore
-    (no advertisement then) is known only from the restored netns."""
-    if any(a.family == socket.AF_INET6 for link in links for a in link.addrs):
+    """The frames of the links that are up, from the images alone, made before CRIU needs them
+    (``[]``: no link is up, nothing to announce); ``None`` when a link that is up has IPv6
+    addresses: whether they are still tentative after the restore (no advertisement then) is
+    known only from the restored netns."""
+    up = [link for link in links if link.link_flags & IFF_UP]
+    if any(a.family == socket.AF_INET6 for link in up for a in link.addrs):
         return None
     result = []
-    for link in links:
-        if link.link_flags & IFF_UP:
-            frames, what = announce.frames_for(link.address, [a.address for a in link.addrs], [])
-            result.append(announce.LinkFrames(link.name, frames, what))
+    for link in up:
+        frames, what = announce.frames_for(link.address, [a.address for a in link.addrs], [])
+        result.append(announce.LinkFrames(link.name, frames, what))
     return result
 
 
@@ -51,12 +52,14 @@ def arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
         chosen, s.schedule, s.schedule_known = s.schedule, None, False
     else:
         chosen = schedule(ctx)
+    known = image_frames(created)
     if chosen is None:
         ctx.log.debug("announce is off")
+    elif known == []:  # restored down: no announcer, no repeats (the links' own traffic starts when up)
+        ctx.log.debug("announce: no restored link is up")
     elif ctx.mode is Mode.RPC:
         s.armed = Armed(indexes, {link.name for link in created}, chosen)
     else:
-        known = image_frames(created)
         if ctx.criu_pid is None or not announcer.arm(ctx.criu_pid, require_pid(ctx), indexes, chosen, known,
                                                      ctx.later, ctx.served):
             ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))

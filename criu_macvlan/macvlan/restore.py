@@ -60,7 +60,7 @@ def start_preparing(ctx: ActionContext) -> None:
             s.requests = _encode_ahead(plan.links)
             s.frames = image_frames([item.link for item in plan.links])
             s.schedule_known, s.schedule = True, schedule(ctx)
-            if s.schedule is not None and s.schedule.rounds > 1:
+            if s.schedule is not None and s.schedule.rounds > 1 and s.frames != []:
                 with contextlib.suppress(OSError):  # else post-setup-namespaces forks it
                     s.repeater = announcer.Repeater(s.schedule)  # now, not while CRIU waits
     except Exception as exc:  # raised by setup-namespaces: one report, not two
