@@ -29,7 +29,6 @@ import errno
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 from . import mappings
 from .errors import UsageError
@@ -77,15 +76,15 @@ _SHORT_REQUIRED = "tDorJWLM"  # short_opts "dSsRt:hD:o:v::x::Vr:jJ:lW:L:M:"
 _SHORT_OPTIONAL = "vx"
 
 
-@dataclass(eq=False)  # compared by identity (and cheaper to define on every cold action)
-class CriuOptions:
+class CriuOptions:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold action
     """What the plugin needs from CRIU's options."""
 
-    externals: list[str] = field(default_factory=list)
-    origins: list[str] = field(default_factory=list)  # the source of each external, same order
-    empty_ns_net: bool = False
-    sources: list[str] = field(default_factory=list)  # files read, for messages
-    rpc: bool = False
+    def __init__(self, rpc: bool = False) -> None:
+        self.externals: list[str] = []
+        self.origins: list[str] = []  # the source of each external, same order
+        self.empty_ns_net = False
+        self.sources: list[str] = []  # files read, for messages
+        self.rpc = rpc
 
     @property
     def mappings(self) -> dict[str, str]:

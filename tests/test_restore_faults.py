@@ -232,6 +232,44 @@ def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: Act
     assert link_names(pid) == {"lo", "mv0", "mv1"}
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("taken", ["name", "ifindex"])
+def test_real_link_in_the_way_is_named_and_nothing_is_left(net: Net, procs: Procs, ctx: ActionContext,
+                                                             taken: str) -> None:
+    """The kernel refuses the one link (EEXIST, EBUSY); the one made before it is removed again."""
+    parents = [net.veth("pr") for _ in range(2)]
+    pid = procs.tree()
+    plan = [restore.Planned(make_link(i), parents[i]) for i in range(2)]
+    other = ["name", "mv1"] if taken == "name" else ["name", "other0", "index", "101"]
+    ip("link", "add", *other, "type", "veth", "peer", "name", "peer0", pid=pid)
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        with pytest.raises(NetlinkError) as info:
+            restore.restore_links(plan, target, with_l3=False, ctx=ctx)
+    finally:
+        os.close(target)
+    clash = "mv1" if taken == "name" else "other0"
+    assert str(info.value) == (f"cannot create macvlan 'mv1' (ifindex 101) on '{parents[1]}': "
+                               f"the target netns already has '{clash}'")
+    assert link_names(pid) == {"lo", other[1], "peer0"}
+
+
+@pytest.mark.integration
+def test_real_repeat_after_a_partial_run_makes_the_rest(net: Net, procs: Procs, ctx: ActionContext) -> None:
+    """One link there from an earlier run of the action: it stays, the other is made."""
+    parents = [net.veth("pr") for _ in range(2)]
+    pid = procs.tree()
+    plan = [restore.Planned(make_link(i), parents[i]) for i in range(2)]
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        restore.restore_links(plan[:1], target, with_l3=False, ctx=ctx)
+        made = restore.restore_links(plan, target, with_l3=False, ctx=ctx)
+    finally:
+        os.close(target)
+    assert [link.name for link in made] == ["mv1"]
+    assert link_names(pid) == {"lo", "mv0", "mv1"}
+
+
 def test_unexpected_error_while_preparing_is_reported_once(ctx: ActionContext, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in criu_rpc_request's early work surfaces in the action that needs it, not also as a warning."""
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import announcer, images, netdev
@@ -29,19 +28,21 @@ from .session import require_pid, session
 if TYPE_CHECKING:
     from ..netlink import PreparedMacvlans, Rtnl
     from ..netlink.codec import LinkFacts
+    from ..netlink.rtnl import Results
+    from ..watch import CriuWatch
 
 IFF_UP = 0x1
 PASSTHRU = 8
 
 
-@dataclass(eq=False)  # compared by identity, as it is changed in place (parent_index, ipv6_off)
-class Planned:
-    """One link to create, with its parent."""
+class Planned:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold restore
+    """One link to create, with its parent; changed in place (``parent_index``, ``ipv6_off``)."""
 
-    link: pb.macvlan_link
-    parent: str  # the host interface its mapping names
-    parent_index: int = 0  # that interface's ifindex, once resolved (_resolve_parents)
-    ipv6_off: bool = False  # CRIU will restore it with IPv6 disabled
+    def __init__(self, link: pb.macvlan_link, parent: str) -> None:
+        self.link = link
+        self.parent = parent  # the host interface its mapping names
+        self.parent_index = 0  # that interface's ifindex, once resolved (_resolve_parents)
+        self.ipv6_off = False  # CRIU will restore it with IPv6 disabled
 
 
 class RestorePlan(NamedTuple):
@@ -259,35 +260,34 @@ def restore_links(
 
     ``requests``: the plan's requests encoded ahead of time, used when they still
     fit (every link to make, on the same parents).
+
+    The links are made from our own netns (``IFLA_NET_NS_FD``), at once: the target
+    netns is new, and the kernel refuses a name or ifindex taken there. Only then is
+    it entered, to see what is there: a repeated action's links are kept, any other
+    link in the way is an error naming it.
     """
-    from ..netlink import Rtnl
+    from ..netlink import Rtnl, errno_of
     from ..watch import CriuWatch
 
     created: list[pb.macvlan_link] = []
-    with Rtnl(None) as host, Rtnl(target) as inside, CriuWatch(ctx.criu_pid) as criu:
+    with contextlib.ExitStack() as stack:
+        host = stack.enter_context(Rtnl(None))
+        criu = stack.enter_context(CriuWatch(ctx.criu_pid))
+        opened: list[Rtnl] = []
+
+        def inside() -> Rtnl:  # a socket in the target netns, once needed (no setns otherwise)
+            if not opened:
+                opened.append(stack.enter_context(Rtnl(target)))
+            return opened[0]
+
         _resolve_parents(host, plan)
-        existing = _existing(inside)
-        by_name = {msg.get_attr("IFLA_IFNAME"): msg for msg in existing.values()}
         try:
-            todo: list[Planned] = []
-            for item in plan:
-                link = item.link
-                there = existing.get(link.ifindex)
-                if there is not None and _same_link(there, link):
-                    ctx.log.debug("macvlan %s already exists: repeated action", link.name)
-                    continue
-                if there is not None or link.name in by_name:
-                    clash = there.get_attr("IFLA_IFNAME") if there is not None else link.name
-                    raise NetlinkError(
-                        f"cannot create macvlan {link.name!r} (ifindex {link.ifindex}) on {item.parent!r}: "
-                        f"the target netns already has {clash!r}"
-                    )
-                todo.append(item)
-            items = [(item.link, item.parent_index) for item in todo]
-            if requests is not None and len(todo) == len(plan) and requests.parents == [i for _, i in items]:
-                results = host.create_prepared(requests, target, criu.alive)
-            else:
-                results = host.create_macvlans(items, target, criu.alive)
+            todo = plan
+            results = _create(host, todo, target, criu, requests)
+            if any(error is not None and errno_of(error) in _TAKEN for _, error in results):
+                _remove(inside(), [link for link, error in results if error is None], ctx)  # made just now
+                todo = _still_to_make(plan, inside(), ctx)
+                results = _create(host, todo, target, criu)
             created += [link for link, error in results if error is None]
             for item, (link, error) in zip(todo, results, strict=False):  # no results past a failed batch
                 if error is not None:
@@ -295,16 +295,13 @@ def restore_links(
             # CRIU died meanwhile: nothing will use these links, and its orphaned task keeps their netns
             criu.check(f"the macvlans were being made ({len(created)} of {len(plan)}): removed them")
             if with_l3:
-                _restore_l3(plan, inside)
+                _restore_l3(plan, inside())
                 criu.check("the macvlans' addresses and routes were being restored: removed the macvlans")
             else:
                 _keep_ipv6_off([item.link.name for item in todo if item.ipv6_off], target)
         except BaseException:
-            for link in reversed(created):
-                try:
-                    inside.delete_link(link.ifindex)
-                except NetlinkError as exc:  # best effort: report the first error, not this one
-                    ctx.log.warning("could not remove %s after the failure: %s", link.name, exc)
+            if created:
+                _remove(inside(), created, ctx)
             raise
     ctx.log.info(
         "created %d macvlan link(s): %s",
@@ -312,6 +309,48 @@ def restore_links(
         ", ".join(f"{i.link.name}@{i.parent}" for i in plan),
     )
     return created
+
+
+_TAKEN = (errno.EEXIST, errno.EBUSY)  # a link of that name, or that ifindex, is in the target netns
+
+
+def _create(host: Rtnl, todo: list[Planned], target: int, criu: CriuWatch,
+            requests: PreparedMacvlans | None = None) -> Results:
+    items = [(item.link, item.parent_index) for item in todo]
+    if requests is not None and requests.parents == [index for _, index in items]:
+        return host.create_prepared(requests, target, criu.alive)
+    return host.create_macvlans(items, target, criu.alive)
+
+
+def _still_to_make(plan: list[Planned], inside: Rtnl, ctx: ActionContext) -> list[Planned]:
+    """The planned links not in the target netns yet; a link in the way of one is an error."""
+    existing = _existing(inside)
+    by_name = {msg.get_attr("IFLA_IFNAME"): msg for msg in existing.values()}
+    todo = []
+    for item in plan:
+        link = item.link
+        there = existing.get(link.ifindex)
+        if there is not None and _same_link(there, link):
+            ctx.log.debug("macvlan %s already exists: repeated action", link.name)
+            continue
+        if there is not None or link.name in by_name:
+            clash = there.get_attr("IFLA_IFNAME") if there is not None else link.name
+            raise NetlinkError(
+                f"cannot create macvlan {link.name!r} (ifindex {link.ifindex}) on {item.parent!r}: "
+                f"the target netns already has {clash!r}"
+            )
+        todo.append(item)
+    return todo
+
+
+def _remove(inside: Rtnl, links: list[pb.macvlan_link], ctx: ActionContext) -> None:
+    """Remove the links made here (best effort: the first error is the one reported)."""
+    for link in reversed(links):
+        try:
+            inside.delete_link(link.ifindex)
+        except NetlinkError as exc:
+            ctx.log.warning("could not remove %s after the failure: %s", link.name, exc)
+    links.clear()
 
 
 def _keep_ipv6_off(names: list[str], target: int) -> None:

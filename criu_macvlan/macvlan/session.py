@@ -9,7 +9,6 @@ work itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from ..context import ActionContext
@@ -33,25 +32,25 @@ class Armed(NamedTuple):
     schedule: Schedule
 
 
-@dataclass(eq=False)  # one per session, compared by identity (and cheaper to define on every cold action)
-class Session:
+class Session:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold action
     """What one RPC session's hooks hand on to each other; each field is taken once (:meth:`take_error` ...).
 
     ``error``: the early work failed; raised by the action that needs its result
     (``pre-dump``, ``setup-namespaces``), one report instead of two.
     """
 
-    error: Exception | None = None
-    # dump
-    reader: Reader | None = None  # reading the macvlans while CRIU dumps
-    # restore
-    plan: RestorePlan | None = None  # the links to make, from the images
-    requests: PreparedMacvlans | None = None  # their requests, encoded ahead
-    frames: list[LinkFrames] | None = None  # their announcements, from the images alone
-    schedule_known: bool = False  # schedule is the configured one (None: announce is off)
-    schedule: Schedule | None = None
-    repeater: Repeater | None = None  # the announcer's later rounds, started early
-    armed: Armed | None = None
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+        # dump
+        self.reader: Reader | None = None  # reading the macvlans while CRIU dumps
+        # restore
+        self.plan: RestorePlan | None = None  # the links to make, from the images
+        self.requests: PreparedMacvlans | None = None  # their requests, encoded ahead
+        self.frames: list[LinkFrames] | None = None  # their announcements, from the images alone
+        self.schedule_known = False  # schedule is the configured one (None: announce is off)
+        self.schedule: Schedule | None = None
+        self.repeater: Repeater | None = None  # the announcer's later rounds, started early
+        self.armed: Armed | None = None
 
     def take_error(self) -> None:
         """Raise the error the early work kept, if any (once)."""
