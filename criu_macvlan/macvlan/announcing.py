@@ -52,17 +52,17 @@ def arm_announce(ctx: ActionContext, created: list[pb.macvlan_link]) -> None:
         chosen, s.schedule, s.schedule_known = s.schedule, None, False
     else:
         chosen = schedule(ctx)
-    known = image_frames(created)
     if chosen is None:
         ctx.log.debug("announce is off")
-    elif known == []:  # restored down: no announcer, no repeats (the links' own traffic starts when up)
+        return
+    known = image_frames(created)
+    if known == []:  # restored down: no announcer, no repeats (the links' own traffic starts when up)
         ctx.log.debug("announce: no restored link is up")
     elif ctx.mode is Mode.RPC:
         s.armed = Armed(indexes, {link.name for link in created}, chosen)
-    else:
-        if ctx.criu_pid is None or not announcer.arm(ctx.criu_pid, require_pid(ctx), indexes, chosen, known,
-                                                     ctx.later, ctx.served):
-            ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
+    elif ctx.criu_pid is None or not announcer.arm(ctx.criu_pid, require_pid(ctx), indexes, chosen, known,
+                                                   ctx.later, ctx.served):
+        ctx.log.warning("%s", announce.warning("the restored links", "cannot start the announcer"))
 
 
 def post_setup_namespaces(ctx: ActionContext) -> None:

@@ -284,11 +284,12 @@ def restore_links(
         try:
             todo = plan
             results = _create(host, todo, target, criu, requests)
+            created += [link for link, error in results if error is None]
             if any(error is not None and errno_of(error) in _TAKEN for _, error in results):
-                _remove(inside(), [link for link, error in results if error is None], ctx)  # made just now
+                _remove(inside(), created, ctx)  # made just now: what is in the way decides
                 todo = _still_to_make(plan, inside(), ctx)
                 results = _create(host, todo, target, criu)
-            created += [link for link, error in results if error is None]
+                created += [link for link, error in results if error is None]
             for item, (link, error) in zip(todo, results, strict=False):  # no results past a failed batch
                 if error is not None:
                     raise NetlinkError(f"cannot create macvlan {link.name!r} on {item.parent!r}: {error}") from error
@@ -344,7 +345,8 @@ def _still_to_make(plan: list[Planned], inside: Rtnl, ctx: ActionContext) -> lis
 
 
 def _remove(inside: Rtnl, links: list[pb.macvlan_link], ctx: ActionContext) -> None:
-    """Remove the links made here (best effort: the first error is the one reported)."""
+    """Remove the links made here, last first, and empty ``links`` (best effort: the error that
+    made us remove them is the one reported)."""
     for link in reversed(links):
         try:
             inside.delete_link(link.ifindex)
