@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -218,17 +219,23 @@ def test_real_failure_at_position_k_leaves_target_netns_empty(
     assert not link_names() & {f"mv{i}" for i in range(N)}  # nothing landed in the host netns either
 
 
-@pytest.mark.integration
-def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: ActionContext) -> None:
+@contextlib.contextmanager
+def two_planned(net: Net, procs: Procs) -> Iterator[tuple[int, list[restore.Planned], int]]:
+    """A new tree's pid, two links planned on parents of their own, and an fd of the tree's netns."""
     parents = [net.veth("pr") for _ in range(2)]
     pid = procs.tree()
-    plan = [restore.Planned(make_link(i), parents[i]) for i in range(2)]
     target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
     try:
-        restore.restore_links(plan, target, with_l3=False, ctx=ctx)
-        restore.restore_links(plan, target, with_l3=False, ctx=ctx)  # repeated action: no change, no error
+        yield pid, [restore.Planned(make_link(i), parents[i]) for i in range(2)], target
     finally:
         os.close(target)
+
+
+@pytest.mark.integration
+def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: ActionContext) -> None:
+    with two_planned(net, procs) as (pid, plan, target):
+        restore.restore_links(plan, target, with_l3=False, ctx=ctx)
+        restore.restore_links(plan, target, with_l3=False, ctx=ctx)  # repeated action: no change, no error
     assert link_names(pid) == {"lo", "mv0", "mv1"}
 
 
@@ -237,19 +244,13 @@ def test_real_success_then_repeat_is_idempotent(net: Net, procs: Procs, ctx: Act
 def test_real_link_in_the_way_is_named_and_nothing_is_left(net: Net, procs: Procs, ctx: ActionContext,
                                                              taken: str) -> None:
     """The kernel refuses the one link (EEXIST, EBUSY); the one made before it is removed again."""
-    parents = [net.veth("pr") for _ in range(2)]
-    pid = procs.tree()
-    plan = [restore.Planned(make_link(i), parents[i]) for i in range(2)]
     other = ["name", "mv1"] if taken == "name" else ["name", "other0", "index", "101"]
-    ip("link", "add", *other, "type", "veth", "peer", "name", "peer0", pid=pid)
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-    try:
+    with two_planned(net, procs) as (pid, plan, target):
+        ip("link", "add", *other, "type", "veth", "peer", "name", "peer0", pid=pid)
         with pytest.raises(NetlinkError) as info:
             restore.restore_links(plan, target, with_l3=False, ctx=ctx)
-    finally:
-        os.close(target)
     clash = "mv1" if taken == "name" else "other0"
-    assert str(info.value) == (f"cannot create macvlan 'mv1' (ifindex 101) on '{parents[1]}': "
+    assert str(info.value) == (f"cannot create macvlan 'mv1' (ifindex 101) on '{plan[1].parent}': "
                                f"the target netns already has '{clash}'")
     assert link_names(pid) == {"lo", other[1], "peer0"}
 
@@ -257,15 +258,9 @@ def test_real_link_in_the_way_is_named_and_nothing_is_left(net: Net, procs: Proc
 @pytest.mark.integration
 def test_real_repeat_after_a_partial_run_makes_the_rest(net: Net, procs: Procs, ctx: ActionContext) -> None:
     """One link there from an earlier run of the action: it stays, the other is made."""
-    parents = [net.veth("pr") for _ in range(2)]
-    pid = procs.tree()
-    plan = [restore.Planned(make_link(i), parents[i]) for i in range(2)]
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
-    try:
+    with two_planned(net, procs) as (pid, plan, target):
         restore.restore_links(plan[:1], target, with_l3=False, ctx=ctx)
         made = restore.restore_links(plan, target, with_l3=False, ctx=ctx)
-    finally:
-        os.close(target)
     assert [link.name for link in made] == ["mv1"]
     assert link_names(pid) == {"lo", "mv0", "mv1"}
 
