@@ -18,7 +18,7 @@ import pytest
 from helpers import CRIU, REPO, Net, Procs, criu_version, run, start_serve, stop_serve, unique
 from runc_bundle import BUSYBOX, RUNC, Runc
 
-from criu_macvlan import criuconf, engines
+from criu_macvlan import criuconf, delivered, engines
 
 
 def _integration_possible() -> str | None:
@@ -64,6 +64,19 @@ def images(tmp_path: Path) -> Path:
     d.mkdir()
     return d
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sweep_delivery_markers() -> Iterator[None]:
+    """At the end, remove the delivery markers the suite's CRIUs and stand-ins left (their processes
+    are gone; a live CRIU's stay), as the next marker recorded on the host would."""
+    yield
+    with contextlib.suppress(OSError):
+        done = os.open(delivered.DONE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            delivered.sweep(done)
+        finally:
+            os.close(done)
 
 
 @pytest.fixture(scope="session")
