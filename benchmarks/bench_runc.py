@@ -210,11 +210,16 @@ def cold_imports() -> str:
 
 
 def _bench() -> Any:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    _repo_on_path()
     from benchmarks import bench
 
     return bench
+
+
+def _repo_on_path() -> None:
+    """The checkout's ``benchmarks`` package importable, as when this file runs as a script."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
 
 
 def cold_hook_start(runs: int) -> list[float]:
@@ -273,8 +278,7 @@ def targets(samples: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
 def judged_targets(samples: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
     """:func:`targets`, each with the share of resamples of the run's rounds in which it is met
     (``met_share``, as bench.py's; see benchmarks/resample.py)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    _repo_on_path()
     from benchmarks.resample import met_shares
 
     def judge(resampled: dict[str, dict[str, dict[str, dict[str, list[float]]]]]) -> list[dict[str, Any]]:

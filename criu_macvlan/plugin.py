@@ -22,13 +22,15 @@ from . import images
 from .context import ActionContext
 from .hookspecs import hookimpl
 
-# Each hook imports the module of its phase when first called: a cold action loads only what it
-# runs (a restore never the dump's modules). `serve` and the warm helper have them all preloaded.
 ANNOUNCE_GUARD = ".criu-macvlan.announce"  # never written: the shim alone handles post-setup-namespaces
 
 
 class MacvlanPlugin:
-    """Saves and recreates the macvlan links of a dumped tree's network namespace."""
+    """Saves and recreates the macvlan links of a dumped tree's network namespace.
+
+    Each hook imports the module of its phase when first called: a cold action loads only what
+    it runs (a restore never the dump's modules). `serve` and the warm helper preload them all.
+    """
 
     # Guard files (hookspecs.GuardedPlugin): network-unlock has work only when a failed dump
     # left a stage behind; post-setup-namespaces only in RPC mode (in action-script mode the

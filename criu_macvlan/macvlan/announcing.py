@@ -17,15 +17,13 @@ from ..context import ActionContext, Mode
 from ..errors import CriuMacvlanError, UsageError
 from .session import Armed, require_pid, session
 
-IFF_UP = 0x1
-
 
 def image_frames(links: list[pb.macvlan_link]) -> list[announce.LinkFrames] | None:
     """The frames of the links that are up, from the images alone, made before CRIU needs them
     (``[]``: no link is up, nothing to announce); ``None`` when a link that is up has IPv6
     addresses: whether they are still tentative after the restore (no advertisement then) is
     known only from the restored netns."""
-    up = [link for link in links if link.link_flags & IFF_UP]
+    up = [link for link in links if link.link_flags & announce.IFF_UP]
     if any(a.family == socket.AF_INET6 for link in up for a in link.addrs):
         return None
     result = []

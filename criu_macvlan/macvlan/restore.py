@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from .. import announcer, images, netdev
 from .. import macvlan_pb2 as pb
 from .. import netns as nsutil
+from ..announce import IFF_UP
 from ..context import ActionContext, Mode
 from ..errors import CriuMacvlanError, ImageError, NetlinkError, UsageError
 from ..mappings import format_mapping
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
     from ..netlink.rtnl import Results
     from ..watch import CriuWatch
 
-IFF_UP = 0x1
 PASSTHRU = 8
 
 

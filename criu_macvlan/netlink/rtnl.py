@@ -271,8 +271,8 @@ class Rtnl:
                     seq = reply["header"]["sequence_number"]
                     failed = reply["header"]["error"]
                     if failed is not None and seq in seqs:
-                        errors[seq] = NetlinkError(errmsg(failed))
-                        errors[seq].__cause__ = failed  # errno_of tells what the kernel refused
+                        error = errors[seq] = NetlinkError(errmsg(failed))
+                        error.__cause__ = failed  # as if raised from it: errno_of tells what the kernel refused
                     pending = pending and seq != seqs[-1]
         except OSError as exc:  # the verdicts not read yet are unknown: failures
             unknown = NetlinkError(f"netlink: {exc.strerror or exc}")
