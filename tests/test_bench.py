@@ -66,7 +66,12 @@ def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
     cold = targets["action script restore, N=1 (cold)"]  # held against that bound, measured in place
     assert cold["limit"] == round(1.05 * bounds["cold action script restore, N=1"], 3)
     assert bench.COLD_START in {r["path"] for r in data["rows"]}
-    assert 1 <= bounds["CLI restore, N=1"] <= bounds["cold action script restore, N=1"]
+    # the CLI's bound: the cold imports timed apart, less CRIU's time to its first notification (the CLI loads
+    # meanwhile); never over the imports alone. Not compared with the in-place bound: one run each, apart.
+    native, floor = (bench.median_of(data["samples"], "cmdline", p, "restore", 1)
+                     for p in ("criu (native)", bench.COLD_FLOOR))
+    assert native and floor
+    assert 1 <= bounds["CLI restore, N=1"] <= max(1.0, floor / native)
 
     md = (out / "latest.md").read_text()
     assert md.startswith("# criu-macvlan vs native CRIU")
