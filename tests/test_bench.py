@@ -62,7 +62,9 @@ def test_smallest_run_writes_md_json_png(tmp_path: Path) -> None:
     for op, margin in (("restore", 1.1), ("dump", 1.2)):  # the serve targets are held against that bound
         served = targets[f"action script {op}, N=1 (criu-macvlan serve running)"]
         assert served["limit"] == round(margin * bounds[f"any action script {op}, N=1"], 3)
-    assert bounds["cold action script restore, N=1"] > 1  # native CRIU, its script starting Python cold
+    # native CRIU, its script starting Python cold (that the script imports is tested with bench-runc's);
+    # never under native, as one run of each may measure so
+    assert bounds["cold action script restore, N=1"] >= 1
     cold = targets["action script restore, N=1 (cold)"]  # held against that bound, measured in place
     assert cold["limit"] == round(1.05 * bounds["cold action script restore, N=1"], 3)
     assert bench.COLD_START in {r["path"] for r in data["rows"]}
