@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -182,8 +183,10 @@ def test_runc_twice_delivered_actions_start_python_once(
     for name, action in (("dump.log", "pre-dump"), ("restore.log", "setup-namespaces")):
         lines = (container.work / name).read_text().splitlines()
         at = next(i for i, ln in enumerate(lines) if ln.endswith(f"Running {action} scripts"))
-        runs = [ln for ln in lines[at + 1 : at + 4] if ln.endswith(f"[{ACTION_SCRIPT}]")]
-        assert len(runs) == 2, f"CRIU ran the {action} script {len(runs)} times"
+        # up to the next action's; other processes (usernsd) may log between the two runs
+        end = next((i for i in range(at + 1, len(lines)) if re.search(r"Running \S+ scripts$", lines[i])), len(lines))
+        runs = [ln for ln in lines[at + 1 : end] if ln.endswith(f"[{ACTION_SCRIPT}]")]
+        assert len(runs) == 2, f"CRIU ran the {action} script {len(runs)} times: {lines[at:end]}"
     starts = log.read_text().split()
     assert starts.count("pre-dump") == 1
     assert starts.count("setup-namespaces") == 1
