@@ -24,7 +24,6 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
 
 from .errors import UsageError
 
@@ -47,14 +46,14 @@ MAX_ROUNDS = 100
 MAX_MS = 60_000
 
 
-class Schedule(NamedTuple):
+class Schedule:  # plain classes here: a NamedTuple compiles each field's annotation, on every cold action
     """QEMU's announce-self parameters: ``rounds`` rounds, the first at once; after
     round k the next comes ``min(interval + (k - 1) * step, max)`` ms later."""
 
-    rounds: int = 5
-    interval: int = 50
-    step: int = 100
-    max: int = 550
+    __slots__ = ("interval", "max", "rounds", "step")
+
+    def __init__(self, rounds: int = 5, interval: int = 50, step: int = 100, max: int = 550) -> None:
+        self.rounds, self.interval, self.step, self.max = rounds, interval, step, max
 
     def delays(self) -> list[float]:
         """Seconds to wait before each round after the first."""
@@ -63,6 +62,15 @@ class Schedule(NamedTuple):
 
     def spec(self) -> str:
         return f"rounds={self.rounds},interval={self.interval},step={self.step},max={self.max}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and self.spec() == other.spec()
+
+    def __hash__(self) -> int:
+        return hash(self.spec())
+
+    def __repr__(self) -> str:
+        return f"Schedule({self.spec()})"
 
 
 DEFAULT = Schedule()
@@ -155,10 +163,16 @@ def hello(mac: bytes) -> bytes:
     return _pad(BROADCAST + mac + struct.pack("!H", ETH_P_LOCAL_EXP) + b"criu-macvlan announce")
 
 
-class LinkFrames(NamedTuple):
-    name: str
-    frames: list[bytes]
-    what: str  # for the log: "2 GARP, 1 NA"
+class LinkFrames:
+    """One link's announcement: its name, its frames, and ``what`` they are for the log ("2 ARP, 1 NA")."""
+
+    __slots__ = ("frames", "name", "what")
+
+    def __init__(self, name: str, frames: list[bytes], what: str) -> None:
+        self.name, self.frames, self.what = name, frames, what
+
+    def __repr__(self) -> str:
+        return f"LinkFrames({self.name!r}, {len(self.frames)} frames, {self.what!r})"
 
 
 def frames_for(mac: bytes, v4: Iterable[bytes], v6: Iterable[bytes]) -> tuple[list[bytes], str]:

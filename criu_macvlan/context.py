@@ -7,7 +7,7 @@ import enum
 import logging
 import os
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from .errors import UsageError
 
@@ -19,14 +19,19 @@ class Mode(enum.Enum):
     RPC = "rpc"  # NOTIFY messages to our RPC driver, hooks run in-process
 
 
-class ImagesDir(NamedTuple):
+class ImagesDir:  # plain: a NamedTuple compiles each field's annotation, on every cold action
     """The CRIU images directory: an open directory fd (use it) and a path (show it).
 
     ``fd`` is -1 when CRIU no longer holds the directory open (``post-resume``).
     """
 
-    fd: int
-    path: str
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd, self.path = fd, path
+
+    def __repr__(self) -> str:
+        return f"ImagesDir(fd={self.fd}, path={self.path!r})"
 
     @classmethod
     def open(cls, path: str) -> ImagesDir:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 from .. import announcer, images, netdev
 from .. import macvlan_pb2 as pb
@@ -45,11 +45,13 @@ class Planned:  # plain: a dataclass costs a fraction of a millisecond to define
         self.ipv6_off = False  # CRIU will restore it with IPv6 disabled
 
 
-class RestorePlan(NamedTuple):
+class RestorePlan:
     """The links a restore makes, and whether it restores their addresses and routes too."""
 
-    links: list[Planned]
-    with_l3: bool
+    __slots__ = ("links", "with_l3")
+
+    def __init__(self, links: list[Planned], with_l3: bool) -> None:
+        self.links, self.with_l3 = links, with_l3
 
 
 def start_preparing(ctx: ActionContext) -> None:

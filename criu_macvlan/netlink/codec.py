@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import socket
 import struct
-from typing import Any, ClassVar, TypedDict
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 from .. import macvlan_pb2 as pb
 from .compat import (
@@ -246,18 +246,20 @@ def is_kernel_route(route: pb.macvlan_route) -> bool:
     return bool(route.table == RT_TABLE_LOCAL or route.protocol == RTPROT_KERNEL)
 
 
-class LinkFacts(TypedDict):
-    """What :func:`describe_link` tells about a link (``None``: the kernel did not say)."""
+if TYPE_CHECKING:  # a type only: a TypedDict compiles each field's annotation, on every cold action
 
-    name: str
-    index: int
-    kind: str | None  # IFLA_INFO_KIND: "macvlan", "veth", ...; None for a device without one
-    up: bool
-    mtu: int  # every link has one
-    max_mtu: int | None
-    address: str | None  # the MAC, as pyroute2 writes it
-    link: int | None  # IFLA_LINK: the lower device's ifindex
-    master: int | None
+    class LinkFacts(TypedDict):
+        """What :func:`describe_link` tells about a link (``None``: the kernel did not say)."""
+
+        name: str
+        index: int
+        kind: str | None  # IFLA_INFO_KIND: "macvlan", "veth", ...; None for a device without one
+        up: bool
+        mtu: int  # every link has one
+        max_mtu: int | None
+        address: str | None  # the MAC, as pyroute2 writes it
+        link: int | None  # IFLA_LINK: the lower device's ifindex
+        master: int | None
 
 
 def describe_link(msg: Any) -> LinkFacts:
