@@ -67,14 +67,16 @@ NOOP = "criu --action-script, a no-op script"  # what any action script costs CR
 TO_FIRST = "restore: to CRIU's first notification"
 FROZEN = ": frozen"  # op suffix: the tree's frozen window in that op (from CRIU's log)
 # What a cold setup-namespaces cannot do without, and nothing else: the interpreter, pluggy,
-# protobuf with the sidecar's and CRIU's netdev schemas, pyroute2's netlink layer. No hook runs.
-# It exits as our hook and CLI do, without the interpreter's teardown. COLD_STEPS: the same, one library at a time.
+# protobuf with the sidecar's and CRIU's netdev schemas (generated modules), pyroute2's netlink layer. Of
+# criu-macvlan only the package and its loaders (lean), which import those libraries the cheapest way we know;
+# none of our other modules (they are what the target holds us to). It exits as our hook and CLI do, without
+# the interpreter's teardown. COLD_STEPS: the same, one library at a time.
+_SCHEMAS = "from criu_macvlan import lean, macvlan_pb2; lean.pycriu_schema('netdev_pb2')"
 COLD_STEPS = (
     ("interpreter", "import os"),
     ("+ pluggy", "import os, pluggy"),
-    ("+ protobuf, both schemas", "import os, pluggy, criu_macvlan.netdev as i; i.netdev_entry_class()"),
-    ("+ pyroute2's netlink layer", "import os, pluggy, criu_macvlan.netlink, criu_macvlan.netdev as i; "
-                                   "i.netdev_entry_class()"),
+    ("+ protobuf, both schemas", f"import os, pluggy; {_SCHEMAS}"),
+    ("+ pyroute2's netlink layer", f"import os, pluggy; {_SCHEMAS}; lean.pyroute2_netlink()"),
 )
 COLD_IMPORTS = COLD_STEPS[-1][1] + "; os._exit(0)"
 MiB = 1 << 20

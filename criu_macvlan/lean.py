@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import platform
+import struct
 import sys
 import types
 
@@ -35,3 +38,37 @@ def import_submodules(package: str, *names: str) -> list[types.ModuleType]:
     finally:
         if sys.modules.get(package) is placeholder:
             del sys.modules[package]
+
+
+def pyroute2_netlink() -> None:
+    """Import pyroute2's netlink layer (its socket and link messages) without its package ``__init__``.
+
+    While importing, ``platform`` answers pyroute2.config from ``os.uname()`` and
+    ``struct``: its own ``uname()`` runs ``uname -p`` and its ``architecture()``
+    runs ``file(1)`` on the interpreter, two processes per cold action.
+    """
+    saved = platform.uname, platform.machine, platform.architecture
+    platform.uname = lambda: (*os.uname(), "")  # type: ignore[assignment,return-value]
+    platform.machine = lambda: os.uname().machine
+    platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")
+    try:
+        import_submodules("pyroute2", "netlink.nlsocket", "netlink.rtnl.ifinfmsg")
+    finally:
+        platform.uname, platform.machine, platform.architecture = saved
+
+
+def pycriu_schema(name: str) -> types.ModuleType:
+    """pycriu's generated module ``name`` (``"netdev_pb2"``) and what it imports, without the rest of pycriu.
+
+    ``import pycriu.images`` loads all of CRIU's schemas. pycriu's generated modules
+    import each other as top-level modules from their own directory (pycriu.images
+    puts it on ``sys.path`` itself): do the same, and load only this one.
+    """
+    if name not in sys.modules:
+        spec = importlib.util.find_spec("pycriu")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("pycriu is not installed")
+        schemas = os.path.join(next(iter(spec.submodule_search_locations)), "images")
+        if schemas not in sys.path:
+            sys.path.append(schemas)
+    return importlib.import_module(name)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from . import lean
 from .errors import ImageError
 from .images import MAX_LINKS, frame, parse_all, quiet_protobuf, read_file, unframe, write_atomic
 
@@ -36,35 +35,26 @@ def netdev_images(dir_fd: int) -> list[str]:
 
 
 def netdev_entry_class() -> Any:
-    """pycriu's ``net_device_entry`` class, loaded without the rest of pycriu.images.
-
-    ``import pycriu.images`` loads all of CRIU's schemas (on every restore).
-    pycriu's generated modules import each other as top-level modules from their
-    own directory (pycriu.images puts it on ``sys.path`` itself): do the same and
-    load only the netdev schema and what it imports.
-    """
-    import importlib.util
-
-    if "netdev_pb2" not in sys.modules:
-        spec = importlib.util.find_spec("pycriu")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImageError("pycriu is not installed (Debian: apt-get install python3-pycriu)")
-        schemas = os.path.join(next(iter(spec.submodule_search_locations)), "images")
-        if schemas not in sys.path:
-            sys.path.append(schemas)
-    import netdev_pb2
-
-    return netdev_pb2.net_device_entry
+    """pycriu's ``net_device_entry`` class, loaded without the rest of pycriu (:func:`.lean.pycriu_schema`)."""
+    try:
+        return lean.pycriu_schema("netdev_pb2").net_device_entry
+    except ImportError as e:
+        raise ImageError(f"{e} (Debian: apt-get install python3-pycriu)") from None
 
 
-@dataclass
-class NetdevSummary:
-    """What a netdev image says about the macvlans in it."""
+class NetdevSummary:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold action
+    """What a netdev image says about the macvlans in it (names and ifindexes)."""
 
-    native: list[tuple[str, int]]  # MACVLAN entries CRIU would recreate itself
-    converted: list[tuple[str, int]]  # EXTLINK entries we converted (they keep their macvlan field)
-    ipv6_off: list[str] = field(default_factory=list)  # converted entries saved with disable_ipv6 = 1
-    devices: list[tuple[str, int]] = field(default_factory=list)  # every entry
+    __slots__ = ("converted", "devices", "ipv6_off", "native")
+
+    def __init__(self) -> None:
+        self.native: list[tuple[str, int]] = []  # MACVLAN entries CRIU would recreate itself
+        self.converted: list[tuple[str, int]] = []  # EXTLINK entries we converted (they keep their macvlan field)
+        self.ipv6_off: list[str] = []  # converted entries saved with disable_ipv6 = 1
+        self.devices: list[tuple[str, int]] = []  # every entry
+
+    def __repr__(self) -> str:
+        return f"NetdevSummary(native={self.native}, converted={self.converted}, ipv6_off={self.ipv6_off})"
 
 
 # An entry's conf6 holds CRIU's per-device IPv6 sysctls by position, in the order of
@@ -129,7 +119,7 @@ def summarize_netdev(dir_fd: int, name: str) -> NetdevSummary:
 
 def summarize_entries(entries: Iterable[Any]) -> NetdevSummary:
     """The macvlans among parsed ``net_device_entry`` messages."""
-    summary = NetdevSummary([], [])
+    summary = NetdevSummary()
     for e in entries:
         key = (e.name, e.ifindex)
         summary.devices.append(key)

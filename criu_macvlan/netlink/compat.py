@@ -12,31 +12,9 @@ before, such as ``IFLA_MACVLAN_BC_CUTOFF`` or ``IFA_PROTO``, where it saw
 
 from __future__ import annotations
 
-import os
-import platform
-import struct
+from .. import lean
 
-from ..lean import import_submodules
-
-
-def _import_pyroute2_lean() -> None:
-    """Import pyroute2's netlink layer without its package ``__init__`` (see :mod:`..lean`).
-
-    While importing, ``platform`` answers pyroute2.config from ``os.uname()`` and
-    ``struct``: its own ``uname()`` runs ``uname -p`` and its ``architecture()``
-    runs ``file(1)`` on the interpreter, two processes per cold action.
-    """
-    saved = platform.uname, platform.machine, platform.architecture
-    platform.uname = lambda: (*os.uname(), "")  # type: ignore[assignment,return-value]
-    platform.machine = lambda: os.uname().machine
-    platform.architecture = lambda *a, **k: (f"{8 * struct.calcsize('P')}bit", "ELF")
-    try:
-        import_submodules("pyroute2", "netlink.nlsocket", "netlink.rtnl.ifinfmsg")
-    finally:
-        platform.uname, platform.machine, platform.architecture = saved
-
-
-_import_pyroute2_lean()
+lean.pyroute2_netlink()
 
 from pyroute2.netlink import (  # noqa: E402
     NETLINK_ROUTE,
