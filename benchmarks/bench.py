@@ -1048,9 +1048,10 @@ def render_md(data: dict[str, Any]) -> str:
                   "that exits 0 for every action (CRIU forks and execs it each time; our shim is such a "
                   "script), in the same alternation. "
                   "The cold imports: a process that only starts the interpreter and imports pluggy, "
-                  "protobuf with the sidecar's and CRIU's netdev schemas, and pyroute2's netlink layer (no "
-                  "hook runs). A cold action script: native CRIU running the no-op script, which starts "
-                  "that process at `setup-namespaces`, where our hook runs, in the same alternation; so "
+                  "protobuf with the sidecar's and CRIU's netdev schemas, and pyroute2's netlink layer, of "
+                  "criu-macvlan only its loaders (no other module of ours, no hook runs). A cold action "
+                  "script: native CRIU running the no-op script, which starts that process at "
+                  "`setup-namespaces`, where our hook runs, in the same alternation; so "
                   "the bound includes what a cold start there costs CRIU's later steps. A CLI: the cold "
                   "imports timed apart, after a native restore; it needs at least that before CRIU's "
                   "first notification.", "",
