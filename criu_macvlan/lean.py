@@ -6,6 +6,10 @@ use, paid by every action CRIU runs. A placeholder package lets the submodules
 load alone; it is removed afterwards, so a later ``import pyroute2``/``import
 pycriu`` elsewhere in the process still runs the real ``__init__`` (reusing the
 submodules already loaded).
+
+:func:`pyroute2_netlink` and :func:`pycriu_schema` load, this way, the parts of
+pyroute2 and pycriu criu-macvlan uses; the bench's cold bound loads the libraries
+through them too (``benchmarks/bench.py``), so that both pay the same.
 """
 
 from __future__ import annotations
