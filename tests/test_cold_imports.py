@@ -8,10 +8,9 @@ import sys
 # The modules of the cold actions that do work (pre-dump, post-dump, setup-namespaces), with those their
 # hooks import when they run (engines: under an engine's CRIU, in RPC mode).
 COLD_PATH = ("criu_macvlan.hook", "criu_macvlan.plugin", "criu_macvlan.manager", "criu_macvlan.criuconf",
-             "criu_macvlan.engines",
-             "criu_macvlan.delivered", "criu_macvlan.macvlan.dump", "criu_macvlan.macvlan.restore",
-             "criu_macvlan.macvlan.announcing", "criu_macvlan.announcer", "criu_macvlan.netdev",
-             "criu_macvlan.netlink")
+             "criu_macvlan.engines", "criu_macvlan.delivered", "criu_macvlan.macvlan.dump",
+             "criu_macvlan.macvlan.restore", "criu_macvlan.macvlan.announcing", "criu_macvlan.announcer",
+             "criu_macvlan.netdev", "criu_macvlan.netlink")
 
 CHECK = f"""
 import importlib, sys
