@@ -57,3 +57,26 @@ def test_the_announcer_is_woken_then_waited_for_once(net: Net, procs: Procs, tmp
         criu.kill()
         criu.wait()
         os.close(images)
+
+
+def test_an_announcer_gone_meanwhile_is_neither_waited_for_nor_reported(tmp_path: Path) -> None:
+    """``pre-resume`` found the announcer, which then went (its first round out, its dir removed):
+    here its ``done`` FIFO is already gone. The shim returns at once, and writes nothing to CRIU's log."""
+    images = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    criu = subprocess.Popen(["sleep", "1000"], pass_fds=(images,))  # stands in for CRIU: its pid and images fd
+    path = rundir.announce_dir(criu.pid)
+    try:
+        os.makedirs(rundir.RUN_DIR, mode=0o700, exist_ok=True)
+        dir_fd = rundir.private_dir(path, make=True)
+        try:
+            os.mkfifo("go", 0o600, dir_fd=dir_fd)
+            rundir.write_pid(dir_fd)  # this test's process: alive, as the announcer was at the check
+        finally:
+            os.close(dir_fd)
+        done = deliver("pre-resume", criu.pid, images)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    finally:
+        rundir.remove_tree(path)
+        criu.kill()
+        criu.wait()
+        os.close(images)
