@@ -46,7 +46,7 @@ MAX_ROUNDS = 100
 MAX_MS = 60_000
 
 
-class Schedule:  # plain classes here: a NamedTuple compiles each field's annotation, on every cold action
+class Schedule:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """QEMU's announce-self parameters: ``rounds`` rounds, the first at once; after
     round k the next comes ``min(interval + (k - 1) * step, max)`` ms later."""
 

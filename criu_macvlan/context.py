@@ -19,7 +19,7 @@ class Mode(enum.Enum):
     RPC = "rpc"  # NOTIFY messages to our RPC driver, hooks run in-process
 
 
-class ImagesDir:  # plain: a NamedTuple compiles each field's annotation, on every cold action
+class ImagesDir:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """The CRIU images directory: an open directory fd (use it) and a path (show it).
 
     ``fd`` is -1 when CRIU no longer holds the directory open (``post-resume``).
@@ -55,8 +55,8 @@ def open_images(path: str, what: str = "images directory") -> ImagesDir:
         raise UsageError(f"cannot open {what} {path}: {exc.strerror}") from exc
 
 
-# A plain class, not a dataclass: every cold action defines it, and a dataclass costs a
-# fraction of a millisecond to define. One per action, compared by identity.
+# Plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py).
+# One per action, compared by identity.
 class ActionContext:
     """What a hook knows about the CRIU action it handles.
 

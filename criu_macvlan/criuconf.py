@@ -76,7 +76,7 @@ _SHORT_REQUIRED = "tDorJWLM"  # short_opts "dSsRt:hD:o:v::x::Vr:jJ:lW:L:M:"
 _SHORT_OPTIONAL = "vx"
 
 
-class CriuOptions:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold action
+class CriuOptions:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """What the plugin needs from CRIU's options."""
 
     def __init__(self, rpc: bool = False) -> None:

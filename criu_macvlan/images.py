@@ -59,7 +59,7 @@ _U32 = struct.Struct("<I")
 _MAGICS = struct.Struct("<II")
 
 
-class Sidecar:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold action
+class Sidecar:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """The sidecar image: its head and its links."""
 
     __slots__ = ("head", "links")

@@ -42,7 +42,7 @@ def netdev_entry_class() -> Any:
         raise ImageError(f"{e} (Debian: apt-get install python3-pycriu)") from None
 
 
-class NetdevSummary:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold action
+class NetdevSummary:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """What a netdev image says about the macvlans in it (names and ifindexes)."""
 
     __slots__ = ("converted", "devices", "ipv6_off", "native")

@@ -72,7 +72,7 @@ def _sweep_delivery_markers() -> Iterator[None]:
     are gone; a live CRIU's stay), as the next marker recorded on the host would."""
     yield
     with contextlib.suppress(OSError):
-        done = os.open(delivered.DONE_DIR, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        done = delivered.open_done_dir()
         try:
             delivered.sweep(done)
         finally:

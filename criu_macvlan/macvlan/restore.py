@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 PASSTHRU = 8
 
 
-class Planned:  # plain: a dataclass costs a fraction of a millisecond to define, on every cold restore
+class Planned:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """One link to create, with its parent; changed in place (``parent_index``, ``ipv6_off``)."""
 
     def __init__(self, link: pb.macvlan_link, parent: str) -> None:

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 KEY = "macvlan"  # ctx.state[KEY]: this plugin's Session; other plugins use other keys
 
 
-class Armed:  # plain classes here: a NamedTuple or a dataclass costs a fraction of a millisecond to define
+class Armed:  # plain: the cold path defines no dataclass or NamedTuple (tests/test_cold_imports.py)
     """The announcement ``setup-namespaces`` prepared for ``post-setup-namespaces`` (RPC mode)."""
 
     __slots__ = ("indexes", "names", "schedule")
